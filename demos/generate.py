@@ -1,0 +1,182 @@
+"""Sampling from a language model: greedy, temperature, top-k and top-p side by side from one
+prompt, and the speed the KV cache buys.
+
+    python demos/generate.py                              # trains a tiny model first (~10 s)
+    python demos/generate.py --checkpoint output/checkpoint --prompt "The model"
+
+Without --checkpoint the demo trains what it samples from: a BPETokenizer (small vocabulary) on
+data/sample_training.txt, then a 2-layer MiniTransformer for a few hundred AdamW steps with the
+plain loop (forward, cross-entropy, backward, clip, step). It is tiny and undertrained: expect
+word-like fragments, not prose. With --checkpoint it loads a folder train.py wrote
+(config.json, model.safetensors, tokenizer.json).
+
+What the knobs do to the next-token distribution p = softmax(logits / temperature):
+    temperature 0   always the most likely token (greedy): deterministic, often repetitive
+    temperature T   < 1 sharpens p, > 1 flattens it
+    top-k k         keep the k most likely tokens, renormalise
+    top-p p         keep the smallest set of most likely tokens whose mass reaches p
+                    (nucleus sampling): the cut adapts to how peaked p is
+The KV cache (mini_llm.generate.KVCache) keeps each layer's keys and values, so each new token
+costs one position of work instead of re-running the whole context.
+"""
+import argparse
+import os
+import sys
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+import numpy as np  # noqa: E402
+
+from mini_llm.generate import generate  # noqa: E402
+from mini_llm.model.layers import cross_entropy_backward, cross_entropy_forward  # noqa: E402
+from mini_llm.model.transformer import MiniTransformer, TransformerConfig  # noqa: E402
+from mini_llm.optim import AdamW, clip_grad_norm, get_lr  # noqa: E402
+from tokenizer.bpe_tokenizer import BPETokenizer  # noqa: E402
+from training.data import encode_documents, load_texts, make_sequences  # noqa: E402
+
+DATA = os.path.join(REPO_ROOT, "data", "sample_training.txt")
+
+
+def load_checkpoint(directory):
+    """(model, tokenizer) from a train.py checkpoint folder."""
+    if not os.path.isfile(os.path.join(directory, "tokenizer.json")):
+        raise SystemExit(f"{directory}: no tokenizer.json (expected a folder written by train.py, "
+                         "e.g. output/checkpoint)")
+    return MiniTransformer.from_pretrained(directory), BPETokenizer.load(directory)
+
+
+def train_tiny(args):
+    """Tokenizer + 2-layer model trained on the sample text. Returns (model, tokenizer)."""
+    t0 = time.perf_counter()
+    texts = load_texts(DATA)
+    tokenizer = BPETokenizer(vocab_size=args.vocab_size).train(texts)
+    sequences = make_sequences(encode_documents(tokenizer, texts), args.seq_len)      # (S, T+1)
+    config = TransformerConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_layers=2, num_heads=4,
+                               num_kv_heads=2, intermediate_size=192, max_seq_length=128)
+    model = MiniTransformer(config, seed=args.seed)
+    print(f"trained a BPE tokenizer ({tokenizer.vocab_size} tokens) and cut the text into "
+          f"{len(sequences)} sequences of {args.seq_len} tokens ({time.perf_counter() - t0:.1f} s)")
+    print(f"training a {model.num_parameters():,}-parameter model for {args.steps} steps "
+          f"(batch {args.batch_size}, peak lr {args.lr:g})")
+    opt = AdamW(model.params, lr=args.lr, weight_decay=0.1)
+    rng = np.random.default_rng(args.seed)
+    t0 = time.perf_counter()
+    for step in range(args.steps):
+        batch = sequences[rng.integers(0, len(sequences), size=args.batch_size)]
+        logits = model.forward(batch[:, :-1])                          # (B, T, V)
+        loss, cache = cross_entropy_forward(logits, batch[:, 1:])
+        model.zero_grad()
+        model.backward(cross_entropy_backward(1.0, cache))
+        clip_grad_norm(model.grads, 1.0)
+        opt.step(model.params, model.grads, lr=get_lr(step, args.lr, max(1, args.steps // 10), args.steps))
+        if step == 0 or (step + 1) % max(1, args.steps // 5) == 0:
+            print(f"step {step + 1} | loss {float(loss):.3f} | {time.perf_counter() - t0:.1f} s")
+    return model, tokenizer
+
+
+def samples(model, tokenizer, prompt_ids, new_tokens, seed):
+    """One continuation per setting, same prompt and seed. Returns [(setting, text)]."""
+    settings = [("greedy (temperature 0)", dict(temperature=0)),
+                ("temperature 0.7", dict(temperature=0.7)),
+                ("temperature 1.0", dict(temperature=1.0)),
+                ("temperature 1.5", dict(temperature=1.5)),
+                ("top-k 10, temperature 1", dict(top_k=10)),
+                ("top-p 0.9, temperature 1", dict(top_p=0.9))]
+    rows = []
+    for name, kwargs in settings:
+        ids = generate(model, prompt_ids, new_tokens, seed=seed, **kwargs)
+        rows.append((name, tokenizer.decode(ids[0, prompt_ids.shape[1]:].tolist())))
+    return rows
+
+
+def cache_speed(model, prompt_ids, new_tokens, repeats=3):
+    """Median seconds for greedy generation with and without the KV cache, and whether both
+    gave the same tokens. Returns {use_cache: seconds}, same."""
+    seconds, outputs = {}, {}
+    for use_cache in (True, False):
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            outputs[use_cache] = generate(model, prompt_ids, new_tokens, temperature=0, use_cache=use_cache)
+            times.append(time.perf_counter() - t0)
+        seconds[use_cache] = float(np.median(times))
+    return seconds, bool(np.array_equal(outputs[True], outputs[False]))
+
+
+def plot(model, prompt_ids, out_dir):
+    """Next-token probabilities after the prompt, by rank, at three temperatures, with the
+    top-p 0.9 cut of each marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    logits = np.asarray(model.forward(prompt_ids, keep_cache=False)[0, -1], dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ranks = np.arange(1, min(60, logits.size) + 1)
+    for temperature in (0.7, 1.0, 1.5):
+        z = logits / temperature
+        p = np.sort(np.exp(z - z.max()) / np.exp(z - z.max()).sum())[::-1]
+        cut = int(np.searchsorted(np.cumsum(p), 0.9)) + 1                 # tokens top-p 0.9 keeps
+        line, = ax.semilogy(ranks, p[:ranks.size], label=f"temperature {temperature:g} (top-p 0.9 keeps {cut})")
+        if cut <= ranks.size:
+            ax.axvline(cut, color=line.get_color(), ls=":", lw=1)
+    ax.axvline(10, color="0.5", ls="--", lw=1, label="top-k 10")
+    ax.set_xlabel("rank of the token")
+    ax.set_ylabel("probability")
+    ax.set_title("next-token distribution after the prompt")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "generate.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", help="a folder written by train.py (with tokenizer.json); default: train a tiny model")
+    p.add_argument("--prompt", default="A language model", help="default: %(default)r")
+    p.add_argument("--new_tokens", type=int, default=40, help="tokens per sample (default: %(default)s)")
+    p.add_argument("--speed_tokens", type=int, default=100, help="tokens for the cache timing (default: %(default)s)")
+    p.add_argument("--vocab_size", type=int, default=512, help="tiny model's tokenizer (default: %(default)s)")
+    p.add_argument("--seq_len", type=int, default=64, help="tiny model's training length (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=300, help="tiny model's training steps (default: %(default)s)")
+    p.add_argument("--batch_size", type=int, default=16, help="default: %(default)s")
+    p.add_argument("--lr", type=float, default=3e-3, help="default: %(default)s")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", action="store_true", help="save generate.png (needs matplotlib)")
+    p.add_argument("--out", default=os.path.join(REPO_ROOT, "demos", "output"), help="default: %(default)s")
+    args = p.parse_args(argv)
+
+    model, tokenizer = load_checkpoint(args.checkpoint) if args.checkpoint else train_tiny(args)
+    prompt_ids = np.array([tokenizer.encode(args.prompt)], dtype=np.int64)
+    if prompt_ids.shape[1] == 0:
+        raise SystemExit("--prompt must not be empty")
+    room = model.config.max_seq_length - prompt_ids.shape[1]
+    if model.config.sliding_window is None and room < max(args.new_tokens, args.speed_tokens):
+        raise SystemExit(f"prompt ({prompt_ids.shape[1]} tokens) + tokens to generate exceed "
+                         f"max_seq_length={model.config.max_seq_length}")
+
+    print(f"\n--- samples: prompt {args.prompt!r} ({prompt_ids.shape[1]} tokens), "
+          f"{args.new_tokens} new tokens each, seed {args.seed}")
+    rows = samples(model, tokenizer, prompt_ids, args.new_tokens, args.seed)
+    width = max(len(name) for name, _ in rows)
+    for name, text in rows:
+        print(f"{name:<{width}} | {args.prompt}{text!r}"[:width + 3] + f"{args.prompt}{text}".replace("\n", " / "))
+
+    seconds, same = cache_speed(model, prompt_ids, args.speed_tokens)
+    print(f"\n--- speed: {args.speed_tokens} greedy tokens after the prompt (median of 3 runs)")
+    print(f"{'':<20} {'seconds':>8} {'tokens/s':>9} {'ratio':>6}")
+    for use_cache, label in ((False, "without KV cache"), (True, "with KV cache")):
+        print(f"{label:<20} {seconds[use_cache]:>8.3f} {args.speed_tokens / seconds[use_cache]:>9.0f} "
+              f"{seconds[False] / seconds[use_cache]:>6.2f}")
+    print(f"same tokens with and without the cache: {same}")
+    if args.plot:
+        os.makedirs(args.out, exist_ok=True)
+        print(f"\nplot: {plot(model, prompt_ids, args.out)}")
+    return {"samples": rows, "seconds": seconds, "same_tokens": same}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Generate text from a trained checkpoint.
+
+    python generate.py --checkpoint output/checkpoint --prompt "Attention lets" \\
+        --max_new_tokens 100 --temperature 0.8 --top_k 40 --top_p 0.95 --seed 1
+
+--temperature 0 is greedy decoding. --no_cache recomputes the whole context every step (the
+slow reference the KV cache is checked against); tok/s is printed for comparison.
+"""
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from evaluate import load_checkpoint
+from mini_llm import backend
+from mini_llm.checkpoint import CheckpointError
+from mini_llm.generate import generate
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default="output/checkpoint", help="default: %(default)s")
+    p.add_argument("--prompt", default="The model", help="default: %(default)r")
+    p.add_argument("--max_new_tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: %(default)s)")
+    p.add_argument("--top_k", type=int)
+    p.add_argument("--top_p", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no_cache", action="store_true", help="recompute instead of using the KV cache")
+    p.add_argument("--device", choices=["cpu", "gpu", "auto"])
+    args = p.parse_args(argv)
+    try:
+        backend.set_device(args.device)
+        model, tokenizer = load_checkpoint(args.checkpoint)
+        prompt = tokenizer.encode(args.prompt)
+        if not prompt:
+            raise ValueError("the prompt is empty")
+        start = time.perf_counter()
+        ids = generate(model, np.array([prompt]), args.max_new_tokens, args.temperature, args.top_k,
+                       args.top_p, args.seed, use_cache=not args.no_cache, eos_id=tokenizer.eos_id)
+        seconds = time.perf_counter() - start
+    except (ValueError, CheckpointError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    new = ids.shape[1] - len(prompt)
+    print(tokenizer.decode(ids[0].tolist()))
+    print(f"--- {new} tokens in {seconds:.2f} s ({new / max(seconds, 1e-9):.1f} tok/s, "
+          f"{'no cache' if args.no_cache else 'KV cache'})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Reference NumPy attention: RoPE, causal + sliding window (Mistral: t-W+1..t), GQA.
+Readable, not fast; kernels.py computes the same thing quickly and tests/test_kernels.py pins the two.
+
+Shapes follow the legend of layers.py: B batch, T time, C hidden_size, H heads, Hkv kv heads,
+D head_dim, W sliding window. Activations are (B, T, H, D); weights use the Hugging Face
+[out, in] layout. Every function asks `array_module` for numpy or cupy, so the same code runs on
+a GPU; the Numba kernel is CPU-only, and `attention_forward` picks it only for NumPy arrays.
+
+The pieces, in the order a layer uses them:
+    rope_cos_sin / rope_forward   rotate q and k by an angle proportional to their position
+    window_mask                   which keys each query may see (causal band of width W)
+    attention_reference_forward   softmax(q kᵀ / sqrt(D) + mask) v, dense (B, H, T, T) scores
+    attention_forward             the dispatcher: Numba kernel or the reference
+    self_attention_forward        projections + RoPE + attention + output projection
+"""
+import math
+
+import numpy as np
+
+from mini_llm.backend import array_module
+from mini_llm.model.kernels import sliding_window_attention_backward, sliding_window_attention_forward
+from mini_llm.model.layers import linear_backward, linear_forward
+
+# ---------------------------------------------------------------------------------------------
+# RoPE, rotate-half layout (as Hugging Face LLaMA/Mistral store q_proj and k_proj)
+
+
+def rope_cos_sin(seq_len, head_dim, theta, dtype, start=0, xp=None):
+    """cos, sin tables, each (T, D), for positions start .. start+T-1.
+    Pair i of the head (entries i and i + D/2) turns at frequency theta^(-2i/D); the angles are
+    computed in float64 and only then cast to dtype, so float32 tables stay accurate at large
+    positions."""
+    xp = np if xp is None else xp
+    if head_dim % 2:
+        raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
+    inv_freq = 1.0 / theta ** (xp.arange(0, head_dim, 2, dtype=xp.float64) / head_dim)   # (D/2,)
+    positions = xp.arange(start, start + seq_len, dtype=xp.float64)                       # (T,)
+    angles = xp.outer(positions, inv_freq)                                                # (T, D/2)
+    emb = xp.concatenate([angles, angles], axis=-1)                                       # (T, D)
+    return xp.cos(emb).astype(dtype), xp.sin(emb).astype(dtype)
+
+
+def rotate_half(x):
+    """(x1, x2) -> (-x2, x1) on the two halves of the last axis: a 90° turn of every pair."""
+    xp = array_module(x)
+    half = x.shape[-1] // 2
+    return xp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def apply_rope(x, cos, sin):
+    """x (B, T, H, D), cos/sin (T, D) -> x turned by its position: x cos + rotate_half(x) sin."""
+    return x * cos[:, None, :] + rotate_half(x) * sin[:, None, :]
+
+
+def rope_forward(x, cos, sin):
+    """apply_rope with a cache for backward. x (B, T, H, D) -> y (B, T, H, D)."""
+    return apply_rope(x, cos, sin), (cos, sin)
+
+
+def rope_backward(dy, cache):
+    """forward: y = x cos + R(x) sin, R = rotate_half, a linear map with Rᵀ = -R
+    (R(x1, x2) = (-x2, x1), so Rᵀ(g1, g2) = (g2, -g1)). Hence dx = dy cos + Rᵀ(dy sin)
+    = dy cos - R(dy sin): the rotation by the opposite angle."""
+    cos, sin = cache
+    return dy * cos[:, None, :] - rotate_half(dy * sin[:, None, :])
+
+
+# ---------------------------------------------------------------------------------------------
+# The causal sliding-window mask
+
+
+def window_mask(T_q, T_k, window, q_start=0, xp=None):
+    """bool (T_q, T_k): True where the query at absolute position q_start + i may see key j.
+    Causal: j <= pos. Sliding window W (Mistral): also j > pos - W, so position t sees the W keys
+    t-W+1 .. t, itself included. window=None is plain causal attention.
+    Example, T=5, W=2: row t has ones at columns t-1 and t (row 0 only at column 0)."""
+    xp = np if xp is None else xp
+    _check_window(window)
+    pos = q_start + xp.arange(T_q)[:, None]        # (T_q, 1)
+    j = xp.arange(T_k)[None, :]                    # (1, T_k)
+    mask = j <= pos
+    if window is not None:
+        mask &= j > pos - window
+    return mask
+
+
+def _check_window(window):
+    if window is not None and (int(window) != window or window < 1):
+        raise ValueError(f"sliding window must be None or an integer >= 1, got {window!r}")
+
+
+def _kv_group(q, k, v):
+    """H // Hkv, the number of query heads that share one kv head (GQA), after checking shapes."""
+    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"attention shapes do not fit: q {q.shape}, k {k.shape}, v {v.shape}")
+    if q.shape[2] % k.shape[2]:
+        raise ValueError(f"num_heads {q.shape[2]} is not a multiple of num_kv_heads {k.shape[2]}")
+    return q.shape[2] // k.shape[2]
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention, dense reference
+
+
+def attention_reference_forward(q, k, v, window):
+    """q (B, T, H, D), k/v (B, T, Hkv, D) -> out (B, T, H, D).
+    out = softmax(q kᵀ / sqrt(D), masked to the causal window) v, per head. With GQA (Hkv < H)
+    query head h reads kv head h // (H // Hkv): k and v are repeated to H heads."""
+    xp = array_module(q, k, v)
+    _check_window(window)
+    group = _kv_group(q, k, v)
+    T, D = q.shape[1], q.shape[3]
+    qh = q.transpose(0, 2, 1, 3)                                       # (B, H, T, D)
+    kh = xp.repeat(k, group, axis=2).transpose(0, 2, 1, 3)             # (B, H, T, D)
+    vh = xp.repeat(v, group, axis=2).transpose(0, 2, 1, 3)             # (B, H, T, D)
+    scores = (qh @ kh.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(D))   # (B, H, T, T)
+    scores = xp.where(window_mask(T, T, window, xp=xp), scores, -xp.inf)
+    # stable softmax: subtract the row max (finite: every row sees at least its own key)
+    p = xp.exp(scores - scores.max(axis=-1, keepdims=True))            # (B, H, T, T)
+    p /= p.sum(axis=-1, keepdims=True)
+    out = (p @ vh).transpose(0, 2, 1, 3)                               # (B, T, H, D)
+    return xp.ascontiguousarray(out), (qh, kh, vh, p, group)
+
+
+def attention_reference_backward(dout, cache):
+    """Returns dq (B, T, H, D), dk, dv (B, T, Hkv, D).
+    forward: s = q kᵀ · scale, p = softmax(s), out = p v ->
+    dv = pᵀ dout, dp = dout vᵀ, ds = p ⊙ (dp - Σ_j dp ⊙ p) (softmax Jacobian; masked p = 0 so
+    masked ds = 0), dq = ds k · scale, dk = dsᵀ q · scale. GQA: a kv head was read by `group`
+    query heads, so its dk and dv sum theirs."""
+    qh, kh, vh, p, group = cache
+    B, H, T, D = qh.shape
+    scale = 1.0 / math.sqrt(D)
+    dout_h = dout.transpose(0, 2, 1, 3)                                # (B, H, T, D)
+    dv = p.transpose(0, 1, 3, 2) @ dout_h                              # (B, H, T, D)
+    dp = dout_h @ vh.transpose(0, 1, 3, 2)                             # (B, H, T, T)
+    ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))               # (B, H, T, T)
+    dq = (ds @ kh) * scale                                             # (B, H, T, D)
+    dk = (ds.transpose(0, 1, 3, 2) @ qh) * scale                       # (B, H, T, D)
+
+    def sum_groups(g):                                                 # (B, H, T, D) -> (B, T, Hkv, D)
+        return g.transpose(0, 2, 1, 3).reshape(B, T, H // group, group, D).sum(axis=3)
+
+    xp = array_module(dout)
+    return xp.ascontiguousarray(dq.transpose(0, 2, 1, 3)), sum_groups(dk), sum_groups(dv)
+
+
+# ---------------------------------------------------------------------------------------------
+# The dispatcher: the O(T·W·D) Numba kernel for NumPy arrays, the dense reference otherwise
+
+
+def attention_forward(q, k, v, window, use_kernel=None):
+    """Same contract as attention_reference_forward. use_kernel: None picks the Numba kernel
+    when the arrays are NumPy and there is a window (dense is fine for full causal attention);
+    True forces the kernel (NumPy only), False forces the reference."""
+    xp = array_module(q, k, v)
+    if use_kernel is None:
+        use_kernel = xp is np and window is not None
+    if not use_kernel:
+        out, cache = attention_reference_forward(q, k, v, window)
+        return out, ("reference", cache)
+    if xp is not np:
+        raise ValueError("use_kernel=True needs NumPy arrays: the Numba kernel runs on the CPU only")
+    _check_window(window)
+    _kv_group(q, k, v)
+    out, lse = sliding_window_attention_forward(q, k, v, window)
+    return out, ("kernel", (q, k, v, out, lse, window))
+
+
+def attention_backward(dout, cache):
+    """Returns dq, dk, dv through whichever path attention_forward took."""
+    path, inner = cache
+    if path == "reference":
+        return attention_reference_backward(dout, inner)
+    q, k, v, out, lse, window = inner
+    return sliding_window_attention_backward(dout, q, k, v, out, lse, window)
+
+
+# ---------------------------------------------------------------------------------------------
+# The attention block of a layer: projections, RoPE, attention, output projection
+
+
+def self_attention_forward(x, wq, wk, wv, wo, cos, sin, num_heads, num_kv_heads, window,
+                           use_kernel=None):
+    """x (B, T, C); wq (H*D, C), wk/wv (Hkv*D, C), wo (C, H*D); cos/sin (T, D) -> y (B, T, C)."""
+    B, T, C = x.shape
+    H, Hkv = num_heads, num_kv_heads
+    D = wq.shape[0] // H
+    if wq.shape != (H * D, C) or wk.shape != (Hkv * D, C) or wv.shape != wk.shape or wo.shape != (C, H * D):
+        raise ValueError(f"attention weights do not fit H={H}, Hkv={Hkv}, C={C}: wq {wq.shape}, "
+                         f"wk {wk.shape}, wv {wv.shape}, wo {wo.shape}")
+    if cos.shape != (T, D) or sin.shape != (T, D):
+        raise ValueError(f"RoPE tables must be (T, D) = {(T, D)}, got cos {cos.shape}, sin {sin.shape}")
+    q, q_cache = linear_forward(x, wq)                                 # (B, T, H*D)
+    k, k_cache = linear_forward(x, wk)                                 # (B, T, Hkv*D)
+    v, v_cache = linear_forward(x, wv)                                 # (B, T, Hkv*D)
+    q, rope_q_cache = rope_forward(q.reshape(B, T, H, D), cos, sin)    # (B, T, H, D)
+    k, rope_k_cache = rope_forward(k.reshape(B, T, Hkv, D), cos, sin)  # (B, T, Hkv, D)
+    a, attn_cache = attention_forward(q, k, v.reshape(B, T, Hkv, D), window, use_kernel)
+    y, o_cache = linear_forward(a.reshape(B, T, H * D), wo)            # (B, T, C)
+    return y, (q_cache, k_cache, v_cache, rope_q_cache, rope_k_cache, attn_cache, o_cache)
+
+
+def self_attention_backward(dy, cache):
+    """Returns dx (B, T, C), dwq, dwk, dwv, dwo. Reverse order of forward; x feeds the q, k and v
+    projections, so its three gradients add."""
+    q_cache, k_cache, v_cache, rope_q_cache, rope_k_cache, attn_cache, o_cache = cache
+    B, T = dy.shape[:2]
+    D = rope_q_cache[0].shape[1]                                       # cos is (T, D)
+    da, dwo = linear_backward(dy, o_cache)                             # (B, T, H*D)
+    dq, dk, dv = attention_backward(da.reshape(B, T, -1, D), attn_cache)
+    dq = rope_backward(dq, rope_q_cache)                               # (B, T, H, D)
+    dk = rope_backward(dk, rope_k_cache)                               # (B, T, Hkv, D)
+    dx_q, dwq = linear_backward(dq.reshape(B, T, -1), q_cache)
+    dx_k, dwk = linear_backward(dk.reshape(B, T, -1), k_cache)
+    dx_v, dwv = linear_backward(dv.reshape(B, T, -1), v_cache)
+    return dx_q + dx_k + dx_v, dwq, dwk, dwv, dwo

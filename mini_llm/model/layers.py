@@ -1,0 +1,155 @@
+"""The model's layers, each a pair of plain functions: `y, cache = thing_forward(...)` and
+`dx, dparams... = thing_backward(dy, cache)`. No autograd: every backward is written by hand,
+with a short derivation above it (the long form is in docs/).
+
+Symbol legend, used in every shape comment of the model:
+    B batch, T time (sequence length), C hidden_size, H heads, Hkv kv heads, D head_dim,
+    F intermediate_size, V vocab_size, W sliding window.
+
+Weights use the Hugging Face layout [out, in], so a linear layer computes y = x @ W.T.
+Arrays may be NumPy or CuPy: each function asks `array_module` which one it was given.
+"""
+from mini_llm.backend import array_module
+
+# ---------------------------------------------------------------------------------------------
+# Embedding
+
+
+def embedding_forward(ids, weight):
+    """ids (B, T) int, weight (V, C) -> x (B, T, C): row ids[b, t] of the table."""
+    x = weight[ids]                                            # (B, T, C)
+    return x, (ids, weight.shape)
+
+
+def embedding_backward(dx, cache):
+    """Returns dweight (V, C).
+    forward: x[b, t] = weight[ids[b, t]] -> each row of dweight is the sum of the dx of every
+    position that looked it up (a scatter-add: one id may appear many times)."""
+    ids, weight_shape = cache
+    xp = array_module(dx)
+    dweight = xp.zeros(weight_shape, dtype=dx.dtype)
+    xp.add.at(dweight, ids.reshape(-1), dx.reshape(-1, weight_shape[1]))
+    return dweight
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear (no bias, as in LLaMA/Mistral)
+
+
+def linear_forward(x, weight):
+    """x (..., in), weight (out, in) -> y (..., out) = x @ weight.T"""
+    y = x @ weight.T
+    return y, (x, weight)
+
+
+def linear_backward(dy, cache):
+    """Returns dx (..., in), dweight (out, in).
+    forward: y = x Wᵀ -> dx = dy W, dW = dyᵀ x (summed over every leading position)."""
+    x, weight = cache
+    dx = dy @ weight
+    dweight = dy.reshape(-1, dy.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+    return dx, dweight
+
+
+# ---------------------------------------------------------------------------------------------
+# RMSNorm
+
+
+def rmsnorm_forward(x, weight, eps):
+    """x (B, T, C), weight (C,) -> y = x / rms(x) * weight, rms(x) = sqrt(mean(x²) + eps).
+    The cache keeps (x, weight, rstd) with rstd (B, T, 1) and recomputes x_hat = x * rstd in
+    backward: that saves storing one (B, T, C) tensor per norm."""
+    xp = array_module(x)
+    rstd = 1.0 / xp.sqrt(xp.mean(x * x, axis=-1, keepdims=True) + eps)   # (B, T, 1)
+    y = x * rstd * weight
+    return y, (x, weight, rstd)
+
+
+def rmsnorm_backward(dy, cache):
+    """Returns dx (B, T, C), dweight (C,).
+    forward: y = w ⊙ x_hat, x_hat = x · rstd, rstd = (mean(x²) + eps)^(-1/2).
+    dweight = Σ_positions dy ⊙ x_hat. Let g = dy ⊙ w. Term 1 (direct): g · rstd;
+    term 2 (through rstd): -x_hat · rstd · mean(g ⊙ x_hat). So dx = rstd (g - x_hat mean(g x_hat))."""
+    x, weight, rstd = cache
+    xp = array_module(dy)
+    x_hat = x * rstd                                           # (B, T, C)
+    dweight = (dy * x_hat).reshape(-1, x.shape[-1]).sum(axis=0)
+    g = dy * weight
+    dx = rstd * (g - x_hat * xp.mean(g * x_hat, axis=-1, keepdims=True))
+    return dx, dweight
+
+
+# ---------------------------------------------------------------------------------------------
+# SiLU and the SwiGLU feed-forward
+
+
+def silu_forward(x):
+    """silu(x) = x · sigmoid(x), elementwise."""
+    xp = array_module(x)
+    sig = 1.0 / (1.0 + xp.exp(-x))
+    return x * sig, (x, sig)
+
+
+def silu_backward(dy, cache):
+    """forward: y = x σ(x) -> dy/dx = σ(x) + x σ(x)(1 - σ(x)) = σ(x) (1 + x (1 - σ(x)))."""
+    x, sig = cache
+    return dy * sig * (1.0 + x * (1.0 - sig))
+
+
+def swiglu_forward(x, w_gate, w_up, w_down):
+    """The LLaMA feed-forward: y = down(silu(gate(x)) ⊙ up(x)).
+    x (B, T, C); w_gate, w_up (F, C); w_down (C, F) -> y (B, T, C)."""
+    gate, gate_cache = linear_forward(x, w_gate)               # (B, T, F)
+    up, up_cache = linear_forward(x, w_up)                     # (B, T, F)
+    act, act_cache = silu_forward(gate)                        # (B, T, F)
+    h = act * up                                               # (B, T, F)
+    y, down_cache = linear_forward(h, w_down)                  # (B, T, C)
+    return y, (gate_cache, up_cache, act_cache, down_cache, act, up)
+
+
+def swiglu_backward(dy, cache):
+    """Returns dx, dw_gate, dw_up, dw_down. Reverse order of forward; the product rule on
+    h = act ⊙ up gives dact = dh ⊙ up and dup = dh ⊙ act; x feeds both gate and up, so dx adds."""
+    gate_cache, up_cache, act_cache, down_cache, act, up = cache
+    dh, dw_down = linear_backward(dy, down_cache)
+    dact, dup = dh * up, dh * act
+    dgate = silu_backward(dact, act_cache)
+    dx_up, dw_up = linear_backward(dup, up_cache)
+    dx_gate, dw_gate = linear_backward(dgate, gate_cache)
+    return dx_gate + dx_up, dw_gate, dw_up, dw_down
+
+
+# ---------------------------------------------------------------------------------------------
+# Softmax cross-entropy with an ignore index
+
+
+def log_softmax(logits):
+    """Numerically stable log-softmax over the last axis."""
+    xp = array_module(logits)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def cross_entropy_forward(logits, targets, ignore_index=-100):
+    """logits (B, T, V), targets (B, T) int -> mean of -log p(target) over the positions whose
+    target is not ignore_index (padding). Returns (loss as a 0-d array, cache)."""
+    xp = array_module(logits)
+    logp = log_softmax(logits)                                 # (B, T, V)
+    valid = targets != ignore_index                            # (B, T)
+    safe_targets = xp.where(valid, targets, 0)
+    rows, cols = xp.indices(targets.shape)                     # (B, T) each: every position
+    picked = logp[rows, cols, safe_targets]                    # (B, T) log p(target)
+    count = max(int(valid.sum()), 1)
+    loss = -(picked * valid).sum() / count
+    return loss, (logp, safe_targets, valid, count)
+
+
+def cross_entropy_backward(dloss, cache):
+    """forward: loss = -(1/N) Σ log softmax(z)[y] -> dz = (softmax(z) - onehot(y)) / N at each
+    counted position, 0 at ignored ones."""
+    logp, safe_targets, valid, count = cache
+    xp = array_module(logp)
+    dlogits = xp.exp(logp)                                     # softmax, (B, T, V)
+    rows, cols = xp.indices(safe_targets.shape)
+    dlogits[rows, cols, safe_targets] -= 1.0                   # minus the one-hot target
+    return dlogits * (valid[..., None] * (dloss / count))

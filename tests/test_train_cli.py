@@ -1,0 +1,296 @@
+"""End-to-end tests of the command line: `train.main([...])` run in-process on a tiny model.
+
+Each run trains a 1-layer, width-16 student for a few steps on ~3 KB of text (the first
+paragraphs of data/sample_training.txt), so the whole file takes seconds. What is checked is
+what a user of `python train.py` relies on: the exit code, the files written, the log, that
+--resume and the offline teacher cache change nothing in the numbers, that Ctrl-C saves a
+checkpoint that resumes exactly, and that bad input is one "error:" line with exit code 2.
+"""
+import contextlib
+import io
+import json
+import math
+import re
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import train as cli
+from mini_llm import backend
+from mini_llm.checkpoint import load_training_state
+from mini_llm.model.transformer import MiniTransformer
+from training.knowledge_transfer import KnowledgeTransfer
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample_training.txt"
+TINY = ["--vocab_size", "300", "--hidden_size", "16", "--num_layers", "1", "--num_heads", "2",
+        "--intermediate_size", "32", "--max_seq_length", "16", "--batch_size", "4",
+        "--max_steps", "6", "--mock_teacher_steps", "3", "--eval_every", "3", "--sample_tokens", "5"]
+
+
+def paragraphs(first, last):
+    return "\n\n".join(SAMPLE.read_text(encoding="utf-8").split("\n\n")[first:last])
+
+
+def run_cli(data, out, *extra):
+    """train.main on the tiny settings (later flags override earlier ones). Returns
+    (exit code, what it printed to stdout)."""
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = cli.main(["--data_path", str(data), "--output_dir", str(out), *TINY, *map(str, extra)])
+    return code, stdout.getvalue()
+
+
+def metrics(out):
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_timing(rows):
+    return [{k: v for k, v in row.items() if k != "ms"} for row in rows]
+
+
+def saved_arrays(out):
+    """Every array of a run's checkpoint: the student's parameters, then (prefixed "state:")
+    the projections and AdamW moments of training_state.safetensors."""
+    ckpt = Path(out) / "checkpoint"
+    arrays = {k: backend.to_host(v) for k, v in MiniTransformer.from_pretrained(ckpt).params.items()}
+    state, _ = load_training_state(ckpt / "training_state.safetensors")
+    arrays.update({f"state:{k}": backend.to_host(v) for k, v in state.items()})
+    return arrays
+
+
+def assert_same_arrays(a, b):
+    assert a.keys() == b.keys()
+    different = [k for k in a if not np.array_equal(a[k], b[k])]
+    assert not different, f"arrays differ: {different[:5]}"
+
+
+def saved_step(out):
+    _, meta = load_training_state(Path(out) / "checkpoint" / "training_state.safetensors")
+    return meta["step"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "tiny.txt"
+    path.write_text(paragraphs(0, 6), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def mock_run(data, tmp_path_factory):
+    """The tiny --use_mock run, 6 steps straight: (output dir, exit code, stdout)."""
+    out = tmp_path_factory.mktemp("mock_run")
+    code, printed = run_cli(data, out, "--use_mock")
+    return out, code, printed
+
+
+@pytest.fixture(scope="module")
+def other_vocab_run(data, tmp_path_factory):
+    """A tiny run without teachers whose tokenizer has 400 tokens (the students have 300)."""
+    out = tmp_path_factory.mktemp("vocab400")
+    code, _ = run_cli(data, out, "--vocab_size", "400", "--max_steps", "2")
+    assert code == 0
+    return out
+
+
+# ----------------------------------------------------------------------------- a whole run
+
+def test_mock_run_writes_a_loadable_checkpoint_metrics_and_a_report(mock_run):
+    out, code, printed = mock_run
+    assert code == 0
+    ckpt = out / "checkpoint"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "training_state.safetensors"):
+        assert (ckpt / name).is_file(), name
+    model = MiniTransformer.from_pretrained(ckpt)
+    assert model.config.vocab_size == 300 and model.config.hidden_size == 16
+    logits = backend.to_host(model.forward(np.array([[1, 2, 3, 4]])))
+    assert logits.shape == (1, 4, 300) and np.isfinite(logits).all()
+
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    for r in rows:
+        assert {"step", "total", "ce", "lr", "kl.mock_llama", "hidden.mock_llama", "kl.ngram"} <= r.keys()
+        assert all(math.isfinite(v) for v in r.values())
+        assert ("val_loss" in r) == ("val_ppl" in r) == (r["step"] in (3, 6))
+    assert rows[-1]["val_ppl"] == pytest.approx(math.exp(rows[-1]["val_loss"]))
+
+    assert "mock teacher: training" in printed
+    table = printed.split("val perplexity")[1]
+    for name in ("teacher mock_llama", "teacher ngram", "student (distilled)"):
+        assert re.search(rf"{re.escape(name)}\s+\d+\.\d\d\n", table), name
+    assert re.search(r"\nsample: .+", printed)
+
+
+# ----------------------------------------------------------------------------- resume
+
+def test_resume_continues_bit_for_bit(mock_run, data, tmp_path):
+    """6 steps straight == 3 steps, then --resume to 6: parameters, projections, AdamW moments
+    and the logged numbers of steps 4..6. The mock teacher is trained in the first half and
+    loaded from output_dir/mock_teacher in the second."""
+    straight, code, _ = mock_run
+    assert code == 0
+    assert run_cli(data, tmp_path, "--use_mock", "--max_steps", 3)[0] == 0
+    assert saved_step(tmp_path) == 3
+    code, printed = run_cli(data, tmp_path, "--use_mock", "--max_steps", 6, "--resume")
+    assert code == 0
+    assert "mock teacher: loaded" in printed and "training steps 3..6" in printed
+    assert saved_step(tmp_path) == 6
+
+    resumed_arrays = saved_arrays(tmp_path)
+    assert any(k.startswith("state:proj.mock_llama.") for k in resumed_arrays)   # hidden_weight 0.5
+    assert_same_arrays(saved_arrays(straight), resumed_arrays)
+    rows = metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert without_timing(rows[3:]) == without_timing(metrics(straight)[3:])
+
+
+def test_resume_without_a_checkpoint_is_an_error(data, tmp_path, capsys):
+    code, _ = run_cli(data, tmp_path, "--resume")
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "checkpoint" in err[0]
+
+
+# ----------------------------------------------------------------------------- offline teacher cache
+
+def test_teacher_cache_is_reused_and_changes_nothing(data, tmp_path, monkeypatch):
+    stored = []
+    put = cli.TeacherOutputCache.put
+    monkeypatch.setattr(cli.TeacherOutputCache, "put",
+                        lambda self, indices, *a: (stored.append(len(indices)), put(self, indices, *a)))
+    code, printed = run_cli(data, tmp_path, "--use_mock", "--teacher_cache_topk", 8)
+    assert code == 0
+    assert "reusing" not in printed and sum(stored) == 2 * 6 * 4     # 2 teachers, 6 batches of 4
+    for teacher in ("mock_llama", "ngram"):
+        assert (tmp_path / "teacher_cache" / teacher / "meta.json").is_file()
+    first_rows, first_arrays = metrics(tmp_path), saved_arrays(tmp_path)
+
+    stored.clear()
+    code, printed = run_cli(data, tmp_path, "--use_mock", "--teacher_cache_topk", 8)
+    assert code == 0
+    assert re.search(r"teacher cache \S+ngram: reusing 24/\d+ stored sequences", printed)
+    assert sum(stored) == 0                                          # every batch read back
+    assert without_timing(metrics(tmp_path)) == without_timing(first_rows)
+    assert_same_arrays(first_arrays, saved_arrays(tmp_path))
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+
+def interrupt_student_after(monkeypatch, steps):
+    """Make train.py's student loop receive a real SIGINT during its `steps`-th update (the
+    mock teacher's own training loop is left alone)."""
+    real_train = cli.train
+
+    def train(kt, *args, desc="train", **kwargs):
+        if desc == "student":
+            count = [0]
+
+            def apply(lr):
+                count[0] += 1
+                if count[0] == steps:
+                    signal.raise_signal(signal.SIGINT)
+                return KnowledgeTransfer.apply(kt, lr)
+            kt.apply = apply
+        return real_train(kt, *args, desc=desc, **kwargs)
+    monkeypatch.setattr(cli, "train", train)
+
+
+def test_ctrl_c_saves_the_step_and_resume_finishes_the_run(data, tmp_path, monkeypatch):
+    flags = ("--use_mock", "--warmup_steps", 2)                      # cosine decay from step 3 on
+    straight = tmp_path / "straight"
+    assert run_cli(data, straight, *flags)[0] == 0
+
+    run = tmp_path / "interrupted"
+    with monkeypatch.context() as patch:
+        interrupt_student_after(patch, 2)
+        code, printed = run_cli(data, run, *flags)
+    assert code == 130
+    assert "interrupted: checkpoint of step 2 saved" in printed and "sample:" not in printed
+    assert saved_step(run) == 2 and [r["step"] for r in metrics(run)] == [1, 2]
+
+    code, printed = run_cli(data, run, *flags, "--resume")
+    assert code == 0 and "training steps 2..6" in printed
+    assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4, 5, 6]
+    assert without_timing(metrics(run)) == without_timing(metrics(straight))
+    assert_same_arrays(saved_arrays(straight), saved_arrays(run))
+
+
+def test_ctrl_c_while_the_mock_teacher_trains_stops_the_run(data, tmp_path, monkeypatch):
+    calls = [0]
+
+    def apply(self, lr):
+        calls[0] += 1
+        if calls[0] == 1:                                            # the mock teacher's first step
+            signal.raise_signal(signal.SIGINT)
+        return real_apply(self, lr)
+    real_apply = KnowledgeTransfer.apply
+    monkeypatch.setattr(KnowledgeTransfer, "apply", apply)
+    code, _ = run_cli(data, tmp_path, "--use_mock")
+    assert code == 130
+    assert not (tmp_path / "mock_teacher" / "fingerprint.json").exists()
+
+
+# ----------------------------------------------------------------------------- bad input
+
+BAD_INPUTS = {
+    "missing data file": (lambda d, t, o: ["--data_path", t / "nope.txt"], "nope.txt"),
+    "empty data file": (lambda d, t, o: ["--data_path", t / "empty.txt"], "empty.txt"),
+    "json without text": (lambda d, t, o: ["--data_path", t / "records.json"], "'text'"),
+    "teacher path not a checkpoint": (lambda d, t, o: ["--teacher", "llama:/nonexistent"], "/nonexistent"),
+    "teacher with another vocabulary": (lambda d, t, o: ["--teacher", f"flux:{o}/checkpoint"], "vocabulary"),
+    "layer map names a missing layer": (lambda d, t, o: [
+        "--teacher", f"flux:{d}/checkpoint", "--tokenizer_path", f"{d}/checkpoint/tokenizer.json",
+        "--hidden_weight", "0.5", "--layer_map", '{"flux": {"99": 1}}'], "layer 99"),
+    "negative kl weight": (lambda d, t, o: ["--kl_weight", "-1"], "--kl_weight"),
+    "negative teacher weight": (lambda d, t, o: ["--teacher", f"flux:{d}/checkpoint:-1"], "weight"),
+    "missing tokenizer": (lambda d, t, o: ["--tokenizer_path", t / "nope.json"], "nope.json"),
+    "tokenizer that is not json": (lambda d, t, o: ["--tokenizer_path", t / "empty.txt"], "empty.txt"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_one_error_line(case, data, mock_run, other_vocab_run, tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "records.json").write_text('[{"body": "a document without its text field"}]')
+    flags, named = BAD_INPUTS[case]
+    out = tmp_path / "out"
+    code, _ = run_cli(data, out, *flags(mock_run[0], tmp_path, other_vocab_run))
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error:") and named in err[0], err[0]
+    assert not (out / "checkpoint").exists()
+
+
+# ----------------------------------------------------------------------------- real teachers
+
+def test_flux_teacher_from_an_earlier_run(mock_run, data, tmp_path):
+    teacher = mock_run[0] / "checkpoint"
+    code, printed = run_cli(data, tmp_path, "--teacher", f"flux:{teacher}",
+                            "--tokenizer_path", teacher / "tokenizer.json", "--hidden_weight", 0.5)
+    assert code == 0
+    for r in metrics(tmp_path):
+        assert math.isfinite(r["kl.flux"]) and math.isfinite(r["hidden.flux"])
+    assert re.search(r"teacher flux\s+\d+\.\d\d\n", printed)
+
+
+def test_cross_vocab_teacher_teaches_through_uld(other_vocab_run, data, tmp_path):
+    code, printed = run_cli(data, tmp_path, "--teacher", f"flux:{other_vocab_run}/checkpoint",
+                            "--cross_vocab", "--hidden_weight", 0.5)
+    assert code == 0
+    rows = metrics(tmp_path)
+    assert all(math.isfinite(r["kl.flux"]) and r["kl.flux"] > 0 for r in rows)
+    assert "teacher flux" not in printed        # perplexities over other tokens are not comparable
+
+
+def test_teacher_with_a_different_tokenizer_of_the_same_size_is_refused(data, tmp_path, capsys):
+    other_text = tmp_path / "other.txt"
+    other_text.write_text(paragraphs(20, 26), encoding="utf-8")
+    assert run_cli(other_text, tmp_path / "teacher", "--max_steps", 2)[0] == 0
+    capsys.readouterr()
+    code, _ = run_cli(data, tmp_path / "student", "--teacher", f"flux:{tmp_path}/teacher/checkpoint")
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "tokenizer" in err[0]

@@ -1,0 +1,472 @@
+"""Byte-level BPE tokenizer: train, encode, decode, save and load.
+
+How it works (GPT-2 style byte-level BPE):
+  1. Special tokens ("<|endoftext|>", "<pad>", ...) are cut out of the text first
+     and never split.
+  2. The rest is pre-tokenized: a regex cuts it into chunks (" the", "'s", "123")
+     so that merges never cross word boundaries.
+  3. Each chunk becomes its UTF-8 bytes: ids 0..255, the base alphabet. Any
+     string therefore round-trips exactly: decode(encode(x)) == x.
+  4. Training repeatedly merges the most frequent adjacent pair into a new token
+     (256, 257, ...); encoding replays those merges by rank on each chunk.
+
+Ties: when pairs have the same count, the pair (a, b) that is smallest in id
+order, first by a, then by b, is merged. The readable reference
+(`train_reference`) and the Numba path (`bpe_kernels.py`) both do this, and
+`tests/test_tokenizer_kernels.py` checks that they produce the same merges.
+Hugging Face's trainer may break ties differently. What we match with
+`tokenizers` is loading the same tokenizer.json and getting the same ids.
+
+Ids: bytes 0..255, then merges, then special tokens. Saved as a Hugging Face
+`tokenizer.json` (see `hf_format.py`). The encoder never adds BOS/EOS on its
+own; callers append `eos_id` themselves.
+"""
+import collections
+import itertools
+import json
+import os
+import sys
+import unicodedata
+
+import numpy as np
+import regex
+from tqdm import tqdm
+
+from tokenizer import bpe_kernels, hf_format
+from tokenizer.hf_format import GPT2_PATTERN, GPT4_PATTERN, PREFIX_SPACE, render_token
+
+PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
+DEFAULT_SPECIAL_TOKENS = ("<|endoftext|>", "<pad>", "<bos>", "<eos>")
+ROLE_CANDIDATES = {  # the first one present names bos / eos / pad
+    "bos": ("<bos>", "<s>", "<|begin_of_text|>"),
+    "eos": ("<eos>", "</s>", "<|end_of_text|>", "<|endoftext|>"),
+    "pad": ("<pad>", "<|pad|>", "<|finetune_right_pad_id|>"),
+}
+ALLOWED_SPECIAL_MODES = ("all", "none", "none_raise")
+BIG_CORPUS_CHARS = 1_000_000  # above this, train shows a progress bar
+CACHE_LIMIT = 1 << 18         # chunk cache entries before it is cleared
+
+
+def read_text_file(path, errors="strict"):
+    """Read a UTF-8 text file; one-line ValueError if it is missing, empty or not UTF-8.
+
+    errors: "strict" (default) fails on invalid UTF-8 and names the byte offset;
+    "replace" puts U+FFFD in place of each bad byte; "ignore" drops them.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data:
+        raise ValueError(f"{path}: file is empty")
+    try:
+        return data.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not valid UTF-8 at byte offset {e.start} ({e.reason}); "
+                         "pass errors='replace' to substitute U+FFFD") from None
+
+
+# ----------------------------------------------------------------------------
+# The reference algorithm: plain Python, one idea per function
+
+def get_pair_counts(words, counts):
+    """Count adjacent pairs over all words, each word weighted by its count.
+
+    >>> get_pair_counts([[97, 97, 97, 98]], [2])
+    {(97, 97): 4, (97, 98): 2}
+    """
+    pair_counts = collections.defaultdict(int)
+    for word, count in zip(words, counts):
+        for pair in zip(word, word[1:]):
+            pair_counts[pair] += count
+    return dict(pair_counts)
+
+
+def merge_pair(ids, pair, new_id):
+    """Replace every occurrence of `pair` in `ids` by `new_id`, left to right.
+
+    >>> merge_pair([97, 97, 97, 98], (97, 97), 256)
+    [256, 97, 98]
+    """
+    merged, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
+            merged.append(new_id)
+            i += 2
+        else:
+            merged.append(ids[i])
+            i += 1
+    return merged
+
+
+def train_reference(words, counts, num_merges, first_id=256, on_merge=None):
+    """Learn up to `num_merges` merges; returns [(a, b)] in order (merge m makes first_id + m).
+
+    Ties: the highest count wins, then the smallest pair (a, b).
+    Stops early when every word is a single token. on_merge(m, pair, count) is
+    called after each merge, for printing.
+    """
+    merges = []
+    for m in range(num_merges):
+        pair_counts = get_pair_counts(words, counts)
+        if not pair_counts:
+            break
+        pair = max(pair_counts, key=lambda p: (pair_counts[p], -p[0], -p[1]))
+        words = [merge_pair(word, pair, first_id + m) for word in words]
+        merges.append(pair)
+        if on_merge:
+            on_merge(m, pair, pair_counts[pair])
+    return merges
+
+
+def train_fast(words, counts, num_merges, first_id=256, on_merge=None):
+    """Same result as `train_reference`, with Numba kernels and incremental pair counts.
+
+    The kernel runs 256 merges per call; on_merge is then called for each.
+    """
+    state = bpe_kernels.new_train_state(words, counts)
+    bpe_kernels.train_init(state)
+    merges = np.zeros((num_merges, 2), np.int64)
+    merge_counts = np.zeros(num_merges, np.int64)
+    done = 0
+    while done < num_merges:
+        stop = min(done + 256, num_merges)
+        reached = bpe_kernels.train_merges(state, first_id, done, stop, merges, merge_counts)
+        for m in range(done, reached) if on_merge else ():
+            on_merge(m, tuple(merges[m].tolist()), int(merge_counts[m]))
+        done = reached
+        if reached < stop:
+            break
+    return [tuple(pair) for pair in merges[:done].tolist()]
+
+
+def encode_chunk_reference(ids, merge_ranks, merge_ids):
+    """Apply merges to one chunk's byte ids: always the lowest-rank pair present.
+
+    merge_ranks: {(a, b): rank}; merge_ids: {(a, b): new id}.
+    """
+    while len(ids) >= 2:
+        pair = min(zip(ids, ids[1:]), key=lambda p: merge_ranks.get(p, float("inf")))
+        if pair not in merge_ranks:
+            break
+        ids = merge_pair(ids, pair, merge_ids[pair])
+    return ids
+
+
+def split_isolated(pattern, text):
+    """Cut text into the regex's matches, keeping any unmatched gaps as pieces too."""
+    chunks = pattern.findall(text)
+    if sum(map(len, chunks)) == len(text):
+        return chunks
+    pieces, end = [], 0
+    for match in pattern.finditer(text):
+        if match.start() > end:
+            pieces.append(text[end:match.start()])
+        pieces.append(match.group())
+        end = match.end()
+    return pieces + ([text[end:]] if end < len(text) else [])
+
+
+# ----------------------------------------------------------------------------
+
+class BPETokenizer:
+    """Byte-level BPE tokenizer. See the module docstring for the algorithm.
+
+    vocab_size: the requested size, counting 256 bytes + merges + special tokens.
+        After `train`, `.vocab_size` is the real size, which is smaller when the
+        text supports fewer merges.
+    special_tokens: list of strings, default ("<|endoftext|>", "<pad>", "<bos>", "<eos>").
+    pattern: pre-tokenization regex, "gpt4" (cl100k, default), "gpt2", or a regex string.
+    """
+
+    def __init__(self, vocab_size=30000, special_tokens=None, pattern="gpt4"):
+        special_tokens = list(DEFAULT_SPECIAL_TOKENS if special_tokens is None else special_tokens)
+        if len(set(special_tokens)) != len(special_tokens) or "" in special_tokens \
+                or not all(isinstance(s, str) for s in special_tokens):
+            raise ValueError(f"special_tokens must be distinct non-empty strings, got "
+                             f"{special_tokens!r}")
+        if not isinstance(vocab_size, int) or vocab_size < 256 + len(special_tokens):
+            raise ValueError(f"vocab_size {vocab_size!r} is below 256 bytes + "
+                             f"{len(special_tokens)} special tokens = {256 + len(special_tokens)}")
+        if pattern not in PATTERNS:
+            try:
+                regex.compile(pattern)
+            except (regex.error, TypeError):
+                raise ValueError(f"pattern must be 'gpt2', 'gpt4' or a regex, got "
+                                 f"{pattern!r}") from None
+        self.requested_vocab_size = vocab_size
+        self._configure(hf_format.pre_tokenizer_json(PATTERNS.get(pattern, pattern)), None)
+        self._set_vocab({i: bytes([i]) for i in range(256)}, [],
+                        {s: 256 + k for k, s in enumerate(special_tokens)}, list(range(256)))
+        self.ignore_merges = False
+        self.role_names = {}
+
+    # --- state -----------------------------------------------------------
+
+    def _configure(self, pre_tokenizer, normalizer):
+        """Set the pre-tokenizer and normalizer from their tokenizer.json dicts."""
+        self.pre_tokenizer, self.normalizer = pre_tokenizer, normalizer
+        steps = hf_format.parse_pre_tokenizer(pre_tokenizer, "pre_tokenizer")
+        self._steps = [s if s == PREFIX_SPACE else regex.compile(s) for s in steps]
+        self._normal_forms = hf_format.parse_normalizer(normalizer, "normalizer")
+
+    def _set_vocab(self, vocab, merges, special_tokens, byte_ids):
+        """vocab {id: bytes}; merges [(a, b, new_id)] by rank; special_tokens {text: id}."""
+        self.vocab, self.merges, self.special_tokens = vocab, merges, special_tokens
+        size = max([*vocab, *special_tokens.values()]) + 1
+        self._id_bytes = [None] * size
+        for i, token in vocab.items():
+            self._id_bytes[i] = token
+        for s, i in special_tokens.items():
+            self._id_bytes[i] = s.encode("utf-8")
+        self._str_to_id = {hf_format.token_to_str(t): i for i, t in vocab.items()}
+        self._str_to_id.update(special_tokens)
+        self._bytes_to_id = {t: i for i, t in vocab.items()}
+        self._byte_ids = np.asarray(byte_ids, dtype=np.int64)
+        self._merge_table = bpe_kernels.build_merge_table([(a, b) for a, b, _ in merges],
+                                                          [new for _, _, new in merges])
+        self._cache = {}
+        self._special_regexes = {}
+
+    @property
+    def vocab_size(self):
+        """The real number of ids: bytes + merges + special tokens (after training)."""
+        return len(self._id_bytes)
+
+    def _role_id(self, role):
+        name = self.role_names.get(role)
+        if name is None:
+            name = next((s for s in ROLE_CANDIDATES[role] if s in self.special_tokens), None)
+        return self.special_tokens.get(name, self._str_to_id.get(name))
+
+    bos_id = property(lambda self: self._role_id("bos"), doc="id of <bos>, or None")
+    eos_id = property(lambda self: self._role_id("eos"), doc="id of <eos>, or None")
+    pad_id = property(lambda self: self._role_id("pad"), doc="id of <pad>, or None")
+
+    def token_to_id(self, token):
+        """Vocab string -> id, or None. Byte-level strings as in tokenizer.json: 'Ġthe'."""
+        return self._str_to_id.get(token)
+
+    def id_to_token(self, token_id):
+        """Id -> its vocab string ('Ġthe', or the special token's text)."""
+        self._check_ids([token_id])
+        for s, i in self.special_tokens.items():
+            if i == token_id:
+                return s
+        return hf_format.token_to_str(self.vocab[token_id])
+
+    # --- training --------------------------------------------------------
+
+    def train(self, texts, verbose=False, reference=False):
+        """Learn merges from `texts` (a list of strings, or one string).
+
+        verbose prints one line per merge; otherwise a progress bar shows on big
+        corpora. reference=True runs the plain-Python loop instead of Numba.
+        """
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            raise ValueError("train(): the list of texts is empty")
+        word_counts = self._count_chunks(texts)
+        if not word_counts:
+            raise ValueError("train(): the texts hold no characters to learn from")
+        words = [list(w.encode("utf-8")) for w in word_counts]
+        counts = list(word_counts.values())
+        specials = list(self.special_tokens)
+        num_merges = self.requested_vocab_size - 256 - len(specials)
+
+        vocab = {i: bytes([i]) for i in range(256)}
+        bar = None
+        if not verbose and sum(map(len, texts)) >= BIG_CORPUS_CHARS:
+            bar = tqdm(total=num_merges, desc="BPE merges", unit="merge")
+
+        def on_merge(m, pair, count):
+            vocab[256 + m] = vocab[pair[0]] + vocab[pair[1]]
+            if verbose:
+                print(f"merge {m + 1}/{num_merges}: {pair} -> {256 + m} "
+                      f"'{render_token(vocab[256 + m])}' (count {count})")
+            elif bar:
+                bar.update()
+
+        learn = train_reference if reference else train_fast
+        pairs = learn(words, counts, num_merges, on_merge=on_merge)
+        if bar:
+            bar.close()
+        merges = [(a, b, 256 + m) for m, (a, b) in enumerate(pairs)]
+        first_special = 256 + len(merges)
+        self._set_vocab(vocab, merges, {s: first_special + k for k, s in enumerate(specials)},
+                        list(range(256)))
+        if len(merges) < num_merges:
+            print(f"BPE: the text supports only {len(merges)} merges, so vocab_size is "
+                  f"{self.vocab_size} (asked for {self.requested_vocab_size})", file=sys.stderr)
+        return self
+
+    def _count_chunks(self, texts):
+        """Count every pre-tokenized chunk of the texts, special tokens cut out."""
+        counter = collections.Counter()
+        special = self._special_regex(frozenset(self.special_tokens))
+        for text in texts:
+            if not isinstance(text, str):
+                raise TypeError(f"train(): texts must be str, got {type(text).__name__}")
+            pieces = special.split(text)[::2] if special else [text]  # odd pieces: specials
+            for piece in filter(None, pieces):
+                counter.update(self._pretokenize(self._normalize(piece)))
+        return counter
+
+    # --- encoding --------------------------------------------------------
+
+    def encode(self, text, allowed_special="all"):
+        """Text -> token ids. No BOS/EOS is added.
+
+        allowed_special says what to do with special-token text found in `text`:
+          "all"         every special token's text becomes its id (as HF does);
+          "none"        it is ordinary text, encoded byte by byte like the rest;
+          "none_raise"  it raises ValueError (for untrusted text);
+          a set of special token strings: only those become ids, the rest is text.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"encode() expects str, got {type(text).__name__}")
+        special = self._special_regex(self._allowed_specials(allowed_special))
+        if allowed_special == "none_raise":
+            found = self._special_regex(frozenset(self.special_tokens))
+            match = found.search(text) if found else None
+            if match:
+                raise ValueError(f"encode(): text holds special token {match.group()!r} at "
+                                 f"index {match.start()} and allowed_special='none_raise'")
+        ids = []
+        if special is None:
+            self._encode_ordinary(text, ids)
+            return ids
+        for k, piece in enumerate(special.split(text)):
+            if k % 2:
+                ids.append(self.special_tokens[piece])
+            elif piece:
+                self._encode_ordinary(piece, ids)
+        return ids
+
+    def encode_batch(self, texts, allowed_special="all"):
+        """List of texts -> list of id lists (the chunk cache is shared across them)."""
+        return [self.encode(text, allowed_special) for text in texts]
+
+    def _allowed_specials(self, allowed_special):
+        if allowed_special == "all":
+            return frozenset(self.special_tokens)
+        if allowed_special in ("none", "none_raise"):
+            return frozenset()
+        if isinstance(allowed_special, str) or not hasattr(allowed_special, "__iter__"):
+            raise ValueError(f"allowed_special must be one of {ALLOWED_SPECIAL_MODES} or a set "
+                             f"of special tokens, got {allowed_special!r}")
+        unknown = set(allowed_special) - set(self.special_tokens)
+        if unknown:
+            raise ValueError(f"allowed_special names unknown special tokens {sorted(unknown)}")
+        return frozenset(allowed_special)
+
+    def _special_regex(self, specials):
+        """A regex with one group matching any of `specials`, longest first (None if empty)."""
+        if not specials:
+            return None
+        if specials not in self._special_regexes:
+            ordered = sorted(specials, key=lambda s: (-len(s), s))
+            self._special_regexes[specials] = regex.compile(
+                "(" + "|".join(regex.escape(s) for s in ordered) + ")")
+        return self._special_regexes[specials]
+
+    def _normalize(self, text):
+        for form in self._normal_forms:
+            text = unicodedata.normalize(form, text)
+        return text
+
+    def _pretokenize(self, text):
+        """Text (no special tokens) -> chunks, by the pre-tokenizer's steps in order."""
+        pieces = [text]
+        for step in self._steps:
+            if step == PREFIX_SPACE:
+                pieces = [p if p.startswith(" ") else " " + p for p in pieces]
+            elif len(pieces) == 1:
+                pieces = split_isolated(step, pieces[0])
+            else:
+                pieces = [c for p in pieces for c in split_isolated(step, p)]
+        return pieces
+
+    def _encode_ordinary(self, text, ids):
+        """Append the ids of text (special tokens already cut out) to `ids`."""
+        chunks = self._pretokenize(self._normalize(text))
+        cache = self._cache
+        new = [c for c in set(chunks) if c not in cache]
+        if new:
+            if len(cache) + len(new) > CACHE_LIMIT:
+                cache.clear()
+            cache.update(zip(new, self._encode_chunks(new)))
+        ids.extend(itertools.chain.from_iterable(map(cache.__getitem__, chunks)))
+
+    def _encode_chunks(self, chunks):
+        """Chunks -> list of id tuples, by the Numba kernel (ignore_merges first, if set)."""
+        try:
+            data = [c.encode("utf-8") for c in chunks]
+        except UnicodeEncodeError as e:
+            raise ValueError(f"encode(): text holds {e.object[e.start]!r}, a lone surrogate, "
+                             "which is not valid Unicode") from None
+        offsets = np.zeros(len(data) + 1, np.int64)
+        np.cumsum([len(d) for d in data], out=offsets[1:])
+        ids, bounds = bpe_kernels.encode_chunks(np.frombuffer(b"".join(data), np.uint8),
+                                                offsets, self._byte_ids, *self._merge_table)
+        ids, bounds = ids.tolist(), bounds.tolist()
+        result = [tuple(ids[bounds[k]:bounds[k + 1]]) for k in range(len(data))]
+        if self.ignore_merges:
+            whole = self._bytes_to_id
+            result = [(whole[d],) if d in whole else r for d, r in zip(data, result)]
+        return result
+
+    # --- decoding --------------------------------------------------------
+
+    def _check_ids(self, ids):
+        for i in ids:
+            if not isinstance(i, (int, np.integer)) or not 0 <= i < len(self._id_bytes) \
+                    or self._id_bytes[i] is None:
+                raise ValueError(f"token id {i!r} is not in the vocabulary "
+                                 f"(size {self.vocab_size})")
+
+    def decode(self, ids, errors="replace"):
+        """Token ids -> text. Bytes that are not valid UTF-8 (a token cut mid-character)
+        become U+FFFD unless errors="strict"."""
+        ids = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+        try:
+            if ids and min(ids) < 0:
+                raise IndexError
+            data = b"".join(map(self._id_bytes.__getitem__, ids))
+        except (IndexError, TypeError):
+            self._check_ids(ids)
+            raise
+        return data.decode("utf-8", errors=errors)
+
+    # --- files -----------------------------------------------------------
+
+    def save(self, path):
+        """Write a Hugging Face tokenizer.json (to `path`, or to path/tokenizer.json when
+        path is a directory or has no .json suffix) plus a readable *.vocab.txt beside it.
+        Returns the tokenizer.json path."""
+        path = os.fspath(path)
+        if os.path.isdir(path) or not path.endswith(".json"):
+            os.makedirs(path, exist_ok=True)
+            path = os.path.join(path, "tokenizer.json")
+        obj = hf_format.to_json(self.vocab, [(a, b) for a, b, _ in self.merges],
+                                self.special_tokens, self.pre_tokenizer, self.normalizer,
+                                self.ignore_merges)
+        hf_format.write_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2))
+        hf_format.write_atomic(path[:-len(".json")] + ".vocab.txt",
+                               hf_format.vocab_dump(self.vocab, self.merges, self.special_tokens))
+        return path
+
+    @classmethod
+    def load(cls, path):
+        """Read a tokenizer.json (ours or Hugging Face's byte-level BPE), or a directory
+        holding one. One-line ValueError when the file is missing, corrupt or foreign."""
+        parts = hf_format.from_json_file(path)
+        tokenizer = cls.__new__(cls)
+        tokenizer._configure(parts["pre_tokenizer"], parts["normalizer"])
+        tokenizer._set_vocab(parts["vocab"], parts["merges"], parts["special_tokens"],
+                             parts["byte_ids"])
+        tokenizer.requested_vocab_size = tokenizer.vocab_size
+        tokenizer.ignore_merges = parts["ignore_merges"]
+        tokenizer.role_names = parts["role_names"]
+        return tokenizer

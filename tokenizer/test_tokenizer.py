@@ -1,0 +1,199 @@
+"""Tokenizer tests, the documented place: worked examples, round trips, special
+tokens, save/load, and one clear error line for each kind of bad input.
+
+More live in tests/: test_tokenizer_kernels.py (Numba == reference),
+test_tokenizer_hf.py (== Hugging Face `tokenizers`), test_tokenizer_roundtrip.py
+(property-based round trips with hypothesis).
+"""
+import json
+
+import pytest
+
+from tokenizer.bpe_tokenizer import (BPETokenizer, get_pair_counts, merge_pair, read_text_file,
+                                     train_reference)
+
+TEXT = ("The quick brown fox jumps over the lazy dog. The dog sleeps; the fox runs on.\n"
+        "Numbers like 12345 and 3.14 appear, and so do words such as don't and it's.\n") * 20
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return BPETokenizer(vocab_size=320).train(TEXT)
+
+
+def test_helpers_worked_examples():
+    assert get_pair_counts([[97, 97, 97, 98]], [2]) == {(97, 97): 4, (97, 98): 2}
+    assert merge_pair([97, 97, 97, 98], (97, 97), 256) == [256, 97, 98]
+    assert merge_pair([1, 2, 1, 2], (1, 2), 9) == [9, 9]
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_wikipedia_example(reference):
+    """aaabdaaabac: aa -> Z (256), ab -> Y (257), ZY -> X (258), giving XdXac."""
+    tok = BPETokenizer(vocab_size=256 + 3, special_tokens=[])
+    tok.train(["aaabdaaabac"], reference=reference)
+    assert [(a, b) for a, b, _ in tok.merges] == [(97, 97), (97, 98), (256, 257)]
+    assert tok.encode("aaabdaaabac") == [258, ord("d"), 258, ord("a"), ord("c")]
+    assert tok.vocab[258] == b"aaab"
+
+
+def test_pre_tokenization_patterns():
+    gpt4, gpt2 = BPETokenizer(pattern="gpt4"), BPETokenizer(pattern="gpt2")
+    text = "Hello world's 1234567!!\n\n  x"
+    assert gpt4._pretokenize(text) == ["Hello", " world", "'s", " ", "123", "456", "7",
+                                       "!!\n\n", " ", " x"]
+    assert gpt2._pretokenize(text) == ["Hello", " world", "'s", " 1234567", "!!",
+                                       "\n\n ", " x"]
+
+
+@pytest.mark.parametrize("text", ["", "a", "hello world", "  spaces  \t\n\r\n",
+                                  "日本語のテキスト 中文", "emoji 😀👍🏽🇺🇸 ❤️", "\x00\x7f\uffff",
+                                  "x" * 5000])
+def test_round_trip(tok, text):
+    assert tok.decode(tok.encode(text)) == text
+
+
+def test_merges_compress(tok):
+    ids = tok.encode(TEXT)
+    assert len(ids) < len(TEXT.encode("utf-8")) / 2
+    assert tok.encode_batch([TEXT, "fox"]) == [ids, tok.encode("fox")]
+
+
+def test_token_lookups(tok):
+    assert tok.vocab_size == 320
+    assert (tok.pad_id, tok.bos_id, tok.eos_id) == (317, 318, 319)
+    assert tok.id_to_token(tok.eos_id) == "<eos>" and tok.token_to_id("<eos>") == tok.eos_id
+    the = tok.token_to_id("Ġthe")  # GPT-2's byte-level spelling of " the"
+    assert the is not None and tok.id_to_token(the) == "Ġthe" and tok.decode([the]) == " the"
+    assert tok.token_to_id("no such token") is None
+    assert BPETokenizer(special_tokens=[]).eos_id is None
+
+
+def test_invalid_utf8_from_partial_tokens(tok):
+    ids = tok.encode("😀")
+    assert tok.decode(ids[:1]) == "\ufffd"  # half a character: replaced, not raised
+    with pytest.raises(UnicodeDecodeError):
+        tok.decode(ids[:1], errors="strict")
+
+
+def test_special_tokens(tok):
+    text = "a<|endoftext|>b<eos>"
+    eot, eos = tok.token_to_id("<|endoftext|>"), tok.eos_id
+    assert tok.encode(text) == tok.encode("a") + [eot] + tok.encode("b") + [eos]
+    as_text = tok.encode(text, allowed_special="none")
+    assert eot not in as_text and eos not in as_text and tok.decode(as_text) == text
+    assert tok.encode(text, allowed_special={"<eos>"})[-1] == eos
+    assert eot not in tok.encode(text, allowed_special={"<eos>"})
+    with pytest.raises(ValueError, match="special token '<|endoftext|>' at index 1"):
+        tok.encode(text, allowed_special="none_raise")
+    assert tok.encode("plain", allowed_special="none_raise") == tok.encode("plain")
+
+
+def test_training_never_learns_special_token_text():
+    tok = BPETokenizer(vocab_size=300).train("<|endoftext|>" * 50 + "ab")
+    assert all(b"endof" not in token for token in tok.vocab.values())
+
+
+def test_early_stop_notice(capsys):
+    tok = BPETokenizer().train("tiny text, tiny vocab")  # documented default 30000
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "supports only" in err and "30000" in err
+    assert tok.vocab_size == 256 + len(tok.merges) + 4 < 300
+    assert tok.decode(tok.encode("tiny vocab")) == "tiny vocab"
+
+
+@pytest.mark.parametrize("as_dir", [False, True])
+def test_save_load(tok, tmp_path, as_dir):
+    path = tok.save(tmp_path / ("saved" if as_dir else "tok.json"))
+    loaded = BPETokenizer.load(tmp_path / "saved" if as_dir else path)
+    assert loaded.encode(TEXT) == tok.encode(TEXT)
+    assert (loaded.vocab_size, loaded.eos_id) == (tok.vocab_size, tok.eos_id)
+    dump = open(path[:-len(".json")] + ".vocab.txt", encoding="utf-8").read().splitlines()
+    first_merge = next(line for line in dump if line.startswith("256\t"))
+    assert "= '" in first_merge and "' + '" in first_merge
+
+
+# --- bad input: one line naming the problem ------------------------------
+
+def one_line_error(exc_info, *words):
+    message = str(exc_info.value)
+    assert "\n" not in message, message
+    for word in words:
+        assert word in message, message
+
+
+def test_bad_training_input():
+    with pytest.raises(ValueError) as e:
+        BPETokenizer().train([])
+    one_line_error(e, "empty")
+    with pytest.raises(ValueError) as e:
+        BPETokenizer().train(["", "<eos>"])
+    one_line_error(e, "no characters")
+    with pytest.raises(ValueError) as e:
+        BPETokenizer(vocab_size=259)
+    one_line_error(e, "259", "260")
+    with pytest.raises(ValueError) as e:
+        BPETokenizer(pattern="(unclosed")
+    one_line_error(e, "pattern")
+
+
+def test_read_text_file_errors(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes("héllo ".encode() + b"\xff\xfe rest")
+    with pytest.raises(ValueError) as e:
+        read_text_file(bad)
+    one_line_error(e, str(bad), "byte offset 7")
+    assert read_text_file(bad, errors="replace") == "héllo \ufffd\ufffd rest"
+    (tmp_path / "empty.txt").write_bytes(b"")
+    for name, words in (("empty.txt", ["empty"]), ("missing.txt", ["no such file"])):
+        with pytest.raises(ValueError) as e:
+            read_text_file(tmp_path / name)
+        one_line_error(e, name, *words)
+
+
+def test_decode_unknown_ids(tok):
+    for ids in ([320], [-1], [5, 10 ** 9], ["a"], [1.5]):
+        with pytest.raises(ValueError) as e:
+            tok.decode(ids)
+        one_line_error(e, "not in the vocabulary", "size 320")
+
+
+def test_encode_rejects_lone_surrogates(tok):
+    with pytest.raises(ValueError) as e:
+        tok.encode("ok \ud800 no")
+    one_line_error(e, "surrogate")
+
+
+@pytest.mark.parametrize("content, words", [
+    ("{not json", ["not valid JSON", "line 1"]),
+    ("[1, 2]", ["not a JSON object"]),
+    ('{"model": {"type": "WordPiece", "vocab": {}, "merges": []}}', ["WordPiece"]),
+    ('{"version": "1.0"}', ["no BPE model"]),
+])
+def test_load_corrupt_or_foreign(tmp_path, content, words):
+    path = tmp_path / "tokenizer.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError) as e:
+        BPETokenizer.load(path)
+    one_line_error(e, str(path), *words)
+
+
+def test_load_rejects_broken_parts(tok, tmp_path):
+    data = json.loads(open(tok.save(tmp_path / "good.json"), encoding="utf-8").read())
+    cases = [
+        (lambda d: d["model"]["merges"].append(["Ġthe", "zzz"]), "merge #"),
+        (lambda d: d["model"]["vocab"].pop("Ā"), "lacks 1 of the 256 byte tokens"),
+        (lambda d: d.update(pre_tokenizer={"type": "Whitespace"}), "'Whitespace'"),
+        (lambda d: d["model"].update(continuing_subword_prefix="##"), "continuing_subword"),
+    ]
+    for k, (breakage, words) in enumerate(cases):
+        broken = json.loads(json.dumps(data))
+        breakage(broken)
+        path = tmp_path / f"broken{k}.json"
+        path.write_text(json.dumps(broken), encoding="utf-8")
+        with pytest.raises(ValueError) as e:
+            BPETokenizer.load(path)
+        one_line_error(e, str(path), words)
+    with pytest.raises(ValueError) as e:
+        BPETokenizer.load(tmp_path / "nowhere")
+    one_line_error(e, "nowhere")

@@ -1,0 +1,1 @@
+"""Knowledge transfer: distillation losses and the system that combines teachers."""

@@ -1,0 +1,400 @@
+"""Knowledge-distillation losses, each a forward/backward pair like the model's layers.
+
+    loss, cache = thing_forward(student..., teacher..., mask=None)    # loss: a Python float
+    dstudent... = thing_backward(dloss, cache)                         # fresh arrays
+
+Only the student receives gradients; teacher arrays are constants. This file is the math only:
+the system that weighs several losses and teachers and feeds the gradients into the student
+lives in training/knowledge_transfer.py. Cross-entropy on labels is in mini_llm/model/layers.py.
+
+Legend: B batch, T time, V vocab (Vs, Vt when student and teacher differ), Cs / Ct student /
+teacher hidden size, k kept teacher tokens, N counted positions, tau temperature.
+Logits are (B, T, V), hidden states (B, T, C). `mask` is (B, T), float or bool, 1 = the position
+counts, None = all count. Every loss is a mean over counted positions: sum_bt w_bt loss_bt with
+w = mask / sum(mask) (a float mask weights positions; if none counts the loss is 0).
+
+    kl             KL(p_t || p_s) or reverse KL(p_s || p_t) on softmax(logits / tau), x tau^2
+    topk_kl        forward KL against a cached teacher top-k plus one "rest" bucket, x tau^2
+    hidden_mse     mean squared error between projected student and teacher hidden states
+    hidden_cosine  1 - cosine similarity between them
+    contrastive    InfoNCE: each student position must pick its own teacher position in the batch
+    uld            Universal Logit Distillation: L1 of sorted probabilities (any two vocabularies)
+
+Runs on NumPy or CuPy arrays (float32 or float64), through `array_module`.
+"""
+import numpy as np
+
+from mini_llm.backend import array_module
+
+NORM_EPS = 1e-8        # norms below this are floored before dividing (cosine, contrastive)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def log_softmax(x):
+    """log softmax over the last axis, stable: (x - max) - log(sum(exp(x - max)))."""
+    xp = array_module(x)
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def softmax(x):
+    """softmax over the last axis, stable (the max is subtracted before exp)."""
+    xp = array_module(x)
+    e = xp.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _check_float(name, a, ndim):
+    if getattr(a, "ndim", None) != ndim or not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"{name} must be a float array with {ndim} axes, got "
+                         f"{getattr(a, 'dtype', type(a).__name__)} "
+                         f"of shape {getattr(a, 'shape', '?')}")
+
+
+def _check_same_positions(name, a, student):
+    if a.shape[:2] != student.shape[:2]:
+        raise ValueError(f"{name} has (B, T) = {a.shape[:2]}, the student has {student.shape[:2]}")
+
+
+def _check_temperature(temperature):
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def _position_weights(mask, shape, dtype, xp):
+    """(B, T) weights w = mask / sum(mask), summing to 1 over counted positions (all 0 if none)."""
+    if mask is None:
+        return xp.full(shape, 1.0 / (shape[0] * shape[1]), dtype=dtype)
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"mask has shape {tuple(mask.shape)}, expected (B, T) = {tuple(shape)}")
+    m = xp.asarray(mask, dtype=dtype)
+    if bool((m < 0).any()):
+        raise ValueError("mask has negative entries: use 1 = position counts, 0 = ignored")
+    total = float(m.sum())
+    return m / total if total > 0 else m
+
+
+def _scatter_last(values, ids, size):
+    """Zeros (..., size) with values (..., k) written at ids (..., k) along the last axis.
+
+    Example: values [[5., 7.]], ids [[2, 0]], size 3 -> [[7., 0., 5.]].
+    ids must not repeat within a row.
+    """
+    xp = array_module(values, ids)
+    rows = values.size // values.shape[-1]
+    out = xp.zeros((rows, size), dtype=values.dtype)
+    out[xp.arange(rows)[:, None], ids.reshape(rows, -1)] = values.reshape(rows, -1)
+    return out.reshape(values.shape[:-1] + (size,))
+
+
+def _softmax_backward(dp, p):
+    # forward: p = softmax(s) -> ds = p * (dp - sum_v p_v dp_v)   (Jacobian diag(p) - p p^T)
+    return p * (dp - (p * dp).sum(axis=-1, keepdims=True))
+
+
+def _normalize_forward(x):
+    """z = x / max(|x|, NORM_EPS) over the last axis; cache (z, norm)."""
+    xp = array_module(x)
+    norm = xp.maximum(xp.sqrt((x * x).sum(axis=-1, keepdims=True)), NORM_EPS)
+    z = x / norm
+    return z, (z, norm)
+
+
+def _normalize_backward(dz, cache):
+    # forward: z = x / |x| -> dx = (dz - z (z . dz)) / |x|: the radial part of dz is dropped.
+    # Where |x| was floored the forward is z = x / eps, a plain scaling, so dx = dz / eps.
+    xp = array_module(dz)
+    z, norm = cache
+    radial = xp.where(norm > NORM_EPS, (z * dz).sum(axis=-1, keepdims=True), 0)
+    return (dz - z * radial) / norm
+
+
+def _check_projection(student_h, proj_w, teacher_h):
+    _check_float("student_h", student_h, 3)
+    _check_float("proj_w", proj_w, 2)
+    _check_float("teacher_h", teacher_h, 3)
+    _check_same_positions("teacher_h", teacher_h, student_h)
+    if proj_w.shape != (teacher_h.shape[-1], student_h.shape[-1]):
+        raise ValueError(f"proj_w has shape {proj_w.shape}, expected (Ct, Cs) = "
+                         f"{(teacher_h.shape[-1], student_h.shape[-1])}")
+
+
+def _project_backward(dy, student_h, proj_w):
+    # forward: y = h W^T -> dh = dy W, dW = dy^T h (summed over every position)
+    ct, cs = proj_w.shape
+    return dy @ proj_w, dy.reshape(-1, ct).T @ student_h.reshape(-1, cs)
+
+
+# ----------------------------------------------------------------------------- logit KL
+
+def kl_forward(student_logits, teacher_logits, temperature=1.0, direction="forward", mask=None):
+    """KL divergence between the tempered teacher and student distributions, times tau^2.
+
+    student_logits, teacher_logits: (B, T, V). With p = softmax(logits / tau) on the last axis:
+      "forward": KL(p_t || p_s) = sum_v p_t (log p_t - log p_s), mean-seeking: the student
+                 must cover every token the teacher gives mass to (Hinton et al. 2015).
+      "reverse": KL(p_s || p_t) = sum_v p_s (log p_s - log p_t), mode-seeking: the student may
+                 drop teacher modes it cannot fit, but must not put mass where the teacher has
+                 none (Gu et al. 2023, "MiniLLM").
+    The tau^2 factor keeps the gradient's scale independent of tau: the gradient of the
+    softened KL shrinks as 1/tau^2 (Hinton et al. 2015). Returns (loss, cache).
+    """
+    _check_float("student_logits", student_logits, 3)
+    _check_float("teacher_logits", teacher_logits, 3)
+    if teacher_logits.shape != student_logits.shape:
+        raise ValueError(f"teacher_logits shape {teacher_logits.shape} != student_logits shape "
+                         f"{student_logits.shape} (different vocabularies: use uld_forward)")
+    if direction not in ("forward", "reverse"):
+        raise ValueError(f"unknown KL direction {direction!r}: use 'forward' or 'reverse'")
+    _check_temperature(temperature)
+    xp = array_module(student_logits, teacher_logits)
+    dtype = np.result_type(student_logits.dtype, teacher_logits.dtype)
+    w = _position_weights(mask, student_logits.shape[:2], dtype, xp)              # (B, T)
+    log_ps = log_softmax(student_logits / temperature)                             # (B, T, V)
+    log_pt = log_softmax(teacher_logits / temperature)                             # (B, T, V)
+    if direction == "forward":
+        kl = (xp.exp(log_pt) * (log_pt - log_ps)).sum(axis=-1)                     # (B, T)
+    else:
+        kl = (xp.exp(log_ps) * (log_ps - log_pt)).sum(axis=-1)                     # (B, T)
+    loss = temperature ** 2 * (w * kl).sum()
+    return float(loss), (log_ps, log_pt, kl, w, temperature, direction, student_logits.dtype)
+
+
+def kl_backward(dloss, cache):
+    # forward: loss = tau^2 sum_bt w KL, s = z / tau, so dz = dloss tau^2 w dKL/ds / tau.
+    # forward KL = sum_v p_t (log p_t - log p_s): dKL/ds = p_s - p_t (softmax + cross-entropy).
+    # reverse KL = sum_v p_s a_v, a = log p_s - log p_t: dKL/ds = p_s (a - KL)
+    #   (term 1, through p_s: p_s (a - sum p_s a); term 2, through a: sum_v p_s (e_v - p_s) = 0).
+    log_ps, log_pt, kl, w, tau, direction, dtype = cache
+    xp = array_module(log_ps, log_pt)
+    p_s = xp.exp(log_ps)
+    if direction == "forward":
+        ds = p_s - xp.exp(log_pt)
+    else:
+        ds = p_s * (log_ps - log_pt - kl[..., None])
+    return (dloss * tau * w[..., None] * ds).astype(dtype, copy=False)
+
+
+# ----------------------------------------------------------------------------- top-k KL (offline)
+
+def teacher_topk(teacher_logits, k, temperature=1.0):
+    """The teacher's k most probable tokens per position, for an offline distillation cache.
+
+    teacher_logits (B, T, V) -> topk_ids (B, T, k) int, topk_logprobs (B, T, k): log p_t at
+    temperature tau, most probable first. Example (one position, k = 2): logits [0., 2., 1.]
+    -> ids [1, 2], logprobs [-0.41, -1.41].
+    """
+    _check_float("teacher_logits", teacher_logits, 3)
+    _check_temperature(temperature)
+    if not 1 <= k <= teacher_logits.shape[-1]:
+        raise ValueError(f"top-k needs 1 <= k <= V = {teacher_logits.shape[-1]}, got k = {k}")
+    xp = array_module(teacher_logits)
+    log_pt = log_softmax(teacher_logits / temperature)                             # (B, T, V)
+    ids = xp.argpartition(-log_pt, k - 1, axis=-1)[..., :k]                        # k largest
+    logprobs = xp.take_along_axis(log_pt, ids, axis=-1)                            # (B, T, k)
+    order = xp.argsort(-logprobs, axis=-1)                                         # largest first
+    return xp.take_along_axis(ids, order, axis=-1), xp.take_along_axis(logprobs, order, axis=-1)
+
+
+def topk_kl_forward(student_logits, topk_ids, topk_logprobs, temperature=1.0, mask=None):
+    """Forward KL against a cached teacher top-k: k token buckets plus one "rest" bucket, x tau^2.
+
+    student_logits (B, T, V); topk_ids (B, T, k) distinct int ids; topk_logprobs (B, T, k) the
+    teacher's log-probabilities at temperature tau (see teacher_topk). Buckets:
+      teacher: q_i = exp(topk_logprobs_i), q_rest = max(0, 1 - sum_i q_i)
+      student: p_i = p_s[topk_ids_i],     p_rest = sum of p_s over the other V - k tokens
+    with p_s = softmax(student_logits / tau). loss = tau^2 mean_bt sum_buckets q (log q - log p).
+    log p_rest is a log-sum-exp over the other tokens, exact even when the rest is tiny; with
+    k = V there is no rest bucket and the loss equals kl_forward(direction="forward").
+    """
+    _check_float("student_logits", student_logits, 3)
+    _check_float("topk_logprobs", topk_logprobs, 3)
+    _check_same_positions("topk_ids", topk_ids, student_logits)
+    if topk_ids.shape != topk_logprobs.shape or not np.issubdtype(topk_ids.dtype, np.integer):
+        raise ValueError(f"topk_ids must be int with the shape of topk_logprobs "
+                         f"{topk_logprobs.shape}, got {topk_ids.dtype} {topk_ids.shape}")
+    _check_temperature(temperature)
+    xp = array_module(student_logits, topk_logprobs)
+    V, k = student_logits.shape[-1], topk_ids.shape[-1]
+    if not 1 <= k <= V:
+        raise ValueError(f"top-k KL needs 1 <= k <= V = {V}, got k = {k}")
+    lo, hi = int(topk_ids.min()), int(topk_ids.max())
+    if lo < 0 or hi >= V:
+        raise ValueError(f"topk_ids must lie in [0, {V}), got values from {lo} to {hi}")
+    dtype = np.result_type(student_logits.dtype, topk_logprobs.dtype)
+    w = _position_weights(mask, student_logits.shape[:2], dtype, xp)              # (B, T)
+    log_ps = log_softmax(student_logits / temperature)                             # (B, T, V)
+    q = xp.exp(topk_logprobs)                                                      # (B, T, k)
+    kl = (q * (topk_logprobs - xp.take_along_axis(log_ps, topk_ids, axis=-1))).sum(axis=-1)
+    q_rest = log_p_rest = None
+    if k < V:
+        q_rest = xp.maximum(1 - q.sum(axis=-1), 0)                                 # (B, T)
+        in_topk = _scatter_last(xp.ones(topk_ids.shape, dtype=bool), topk_ids, V)  # (B, T, V)
+        rest = xp.where(in_topk, -xp.inf, log_ps)
+        top = rest.max(axis=-1)                                                    # finite: k < V
+        log_p_rest = top + xp.log(xp.exp(rest - top[..., None]).sum(axis=-1))      # (B, T)
+        log_q_rest = xp.log(xp.where(q_rest > 0, q_rest, 1))                       # 0 log 0 = 0
+        kl = kl + q_rest * (log_q_rest - log_p_rest)
+    loss = temperature ** 2 * (w * kl).sum()
+    cache = (log_ps, topk_ids, q, q_rest, log_p_rest, w, temperature, student_logits.dtype)
+    return float(loss), cache
+
+
+def topk_kl_backward(dloss, cache):
+    # forward: KL = sum_i q_i (log q_i - log p_i) + q_rest (log q_rest - log p_rest), s = z / tau,
+    # log p_i = s_id_i - lse(s), log p_rest = lse(s over the rest) - lse(s).
+    # Each -q log p(set) term has d/ds = q (softmax over all - softmax within the set), so
+    # dKL/ds = (sum_i q_i + q_rest) p_s - q at the top-k ids - q_rest p_s / p_rest on the rest;
+    # dz = dloss tau^2 w dKL/ds / tau.
+    log_ps, ids, q, q_rest, log_p_rest, w, tau, dtype = cache
+    xp = array_module(log_ps)
+    V = log_ps.shape[-1]
+    total = q.sum(axis=-1)
+    ds = -_scatter_last(q, ids, V)                                                 # (B, T, V)
+    if q_rest is not None:
+        total = total + q_rest
+        in_topk = _scatter_last(xp.ones(ids.shape, dtype=bool), ids, V)
+        within_rest = xp.where(in_topk, 0, xp.exp(log_ps - log_p_rest[..., None]))
+        ds -= q_rest[..., None] * within_rest
+    ds += total[..., None] * xp.exp(log_ps)
+    return (dloss * tau * w[..., None] * ds).astype(dtype, copy=False)
+
+
+# ----------------------------------------------------------------------------- hidden states
+
+def hidden_mse_forward(student_h, proj_w, teacher_h, mask=None):
+    """Mean squared error between projected student states and teacher states.
+
+    student_h (B, T, Cs), proj_w (Ct, Cs) a learned map to the teacher's width, teacher_h
+    (B, T, Ct). y = student_h @ proj_w.T; loss = mean_bt mean_c (y - teacher_h)^2.
+    """
+    _check_projection(student_h, proj_w, teacher_h)
+    xp = array_module(student_h, proj_w, teacher_h)
+    dtype = np.result_type(student_h.dtype, proj_w.dtype, teacher_h.dtype)
+    w = _position_weights(mask, student_h.shape[:2], dtype, xp)                   # (B, T)
+    diff = student_h @ proj_w.T - teacher_h                                        # (B, T, Ct)
+    loss = (w * (diff * diff).mean(axis=-1)).sum()
+    return float(loss), (diff, w, student_h, proj_w)
+
+
+def hidden_mse_backward(dloss, cache):
+    # forward: loss = sum_bt w mean_c (y - t)^2, y = h W^T -> dy = dloss w 2 (y - t) / Ct,
+    # then through the projection: dh = dy W, dW = dy^T h.
+    diff, w, student_h, proj_w = cache
+    dy = dloss * w[..., None] * 2 * diff / diff.shape[-1]                          # (B, T, Ct)
+    dh, dw = _project_backward(dy, student_h, proj_w)
+    return dh.astype(student_h.dtype, copy=False), dw.astype(proj_w.dtype, copy=False)
+
+
+def hidden_cosine_forward(student_h, proj_w, teacher_h, mask=None):
+    """1 - cosine similarity between projected student states and teacher states.
+
+    Shapes as hidden_mse_forward. y = student_h @ proj_w.T; loss = mean_bt (1 - cos(y, teacher_h)).
+    Norms are floored at NORM_EPS, so a zero vector has cosine 0 rather than NaN. Only
+    directions count: scaling teacher_h (or y) by any positive number leaves the loss unchanged.
+    """
+    _check_projection(student_h, proj_w, teacher_h)
+    xp = array_module(student_h, proj_w, teacher_h)
+    dtype = np.result_type(student_h.dtype, proj_w.dtype, teacher_h.dtype)
+    w = _position_weights(mask, student_h.shape[:2], dtype, xp)                   # (B, T)
+    z_y, norm_cache = _normalize_forward(student_h @ proj_w.T)                     # (B, T, Ct)
+    z_t, _ = _normalize_forward(teacher_h)                                         # (B, T, Ct)
+    loss = (w * (1 - (z_y * z_t).sum(axis=-1))).sum()
+    return float(loss), (z_t, norm_cache, w, student_h, proj_w)
+
+
+def hidden_cosine_backward(dloss, cache):
+    # forward: loss = sum_bt w (1 - z_y . z_t), z_y = normalize(y), y = h W^T
+    # -> dz_y = -dloss w z_t, then back through normalize and the projection.
+    z_t, norm_cache, w, student_h, proj_w = cache
+    dy = _normalize_backward(-dloss * w[..., None] * z_t, norm_cache)             # (B, T, Ct)
+    dh, dw = _project_backward(dy, student_h, proj_w)
+    return dh.astype(student_h.dtype, copy=False), dw.astype(proj_w.dtype, copy=False)
+
+
+def contrastive_forward(student_h, proj_w, teacher_h, temperature=0.1, mask=None):
+    """InfoNCE between student and teacher states over the N counted positions of the batch.
+
+    Shapes as hidden_mse_forward. z_s = normalize(student_h @ proj_w.T), z_t = normalize(teacher_h)
+    at the counted positions (N, Ct); logits_ij = z_s_i . z_t_j / tau (N, N);
+    loss = mean_i CE(logits row i, target i): each student state must pick its own teacher
+    state out of all N, the others in the batch being the negatives. A float mask weights the
+    rows; every position with mask != 0 is a candidate. The (N, N) matrix is built in full:
+    fine up to a few thousand positions (N = 4096 is 128 MiB per float64 copy); beyond that,
+    mask out a random subset of positions. Fewer than one counted position gives loss 0.
+    """
+    _check_projection(student_h, proj_w, teacher_h)
+    _check_temperature(temperature)
+    xp = array_module(student_h, proj_w, teacher_h)
+    dtype = np.result_type(student_h.dtype, proj_w.dtype, teacher_h.dtype)
+    w = _position_weights(mask, student_h.shape[:2], dtype, xp).reshape(-1)       # (B*T,)
+    rows = xp.nonzero(w)[0]                                                        # (N,) counted
+    h = student_h.reshape(-1, student_h.shape[-1])[rows]                           # (N, Cs)
+    if h.shape[0] == 0:
+        return 0.0, (None, None, None, None, rows, h, proj_w, temperature, student_h.shape)
+    z_s, norm_cache = _normalize_forward(h @ proj_w.T)                             # (N, Ct)
+    z_t, _ = _normalize_forward(teacher_h.reshape(-1, teacher_h.shape[-1])[rows])  # (N, Ct)
+    log_probs = log_softmax(z_s @ z_t.T / temperature)                             # (N, N)
+    loss = -(w[rows] * xp.diagonal(log_probs)).sum()
+    cache = (log_probs, z_t, norm_cache, w[rows], rows, h, proj_w, temperature, student_h.shape)
+    return float(loss), cache
+
+
+def contrastive_backward(dloss, cache):
+    # forward: loss = sum_i w_i (lse_j l_ij - l_ii), l = z_s z_t^T / tau
+    # -> dl = dloss w_i (softmax(l)_ij - [i = j]), dz_s = dl z_t / tau,
+    # then back through normalize and the projection; uncounted positions get 0.
+    log_probs, z_t, norm_cache, w, rows, h, proj_w, tau, shape = cache
+    xp = array_module(h, proj_w)
+    dh = xp.zeros((shape[0] * shape[1], shape[2]), dtype=h.dtype)                 # (B*T, Cs)
+    if log_probs is None:
+        return dh.reshape(shape), xp.zeros_like(proj_w)
+    dl = xp.exp(log_probs)                                                         # (N, N)
+    n = dl.shape[0]
+    dl[xp.arange(n), xp.arange(n)] -= 1
+    dl *= dloss * w[:, None]
+    dy = _normalize_backward(dl @ z_t / tau, norm_cache)                           # (N, Ct)
+    dh_rows, dw = _project_backward(dy, h, proj_w)
+    dh[rows] = dh_rows
+    return dh.reshape(shape), dw.astype(proj_w.dtype, copy=False)
+
+
+# ----------------------------------------------------------------------------- ULD
+
+def uld_forward(student_logits, teacher_logits, temperature=1.0, mask=None):
+    """Universal Logit Distillation (Boizard et al. 2024): teachers with another vocabulary.
+
+    student_logits (B, T, Vs), teacher_logits (B, T, Vt), Vs and Vt may differ. Token ids of
+    two vocabularies do not correspond, so only the shapes of the distributions are compared:
+    p = softmax(logits / tau), each sorted in decreasing order, the shorter padded with zeros,
+    loss = mean_bt sum_r |p_s_sorted_r - p_t_sorted_r| (rank r = r-th most probable token).
+    |.| is not differentiable at exact ties (equal sorted values); the gradient takes 0 there.
+    """
+    _check_float("student_logits", student_logits, 3)
+    _check_float("teacher_logits", teacher_logits, 3)
+    _check_same_positions("teacher_logits", teacher_logits, student_logits)
+    _check_temperature(temperature)
+    xp = array_module(student_logits, teacher_logits)
+    dtype = np.result_type(student_logits.dtype, teacher_logits.dtype)
+    (B, T, vs), vt = student_logits.shape, teacher_logits.shape[-1]
+    w = _position_weights(mask, (B, T), dtype, xp)                                 # (B, T)
+    p_s = softmax(student_logits / temperature)                                    # (B, T, Vs)
+    order = xp.argsort(-p_s, axis=-1)                                              # rank -> token
+    p_t_sorted = -xp.sort(-softmax(teacher_logits / temperature), axis=-1)        # (B, T, Vt)
+    diff = xp.zeros((B, T, max(vs, vt)), dtype=dtype)                              # zero padding
+    diff[..., :vs] += xp.take_along_axis(p_s, order, axis=-1)
+    diff[..., :vt] -= p_t_sorted
+    loss = (w * xp.abs(diff).sum(axis=-1)).sum()
+    cache = (p_s, order, xp.sign(diff[..., :vs]), w, temperature, student_logits.dtype)
+    return float(loss), cache
+
+
+def uld_backward(dloss, cache):
+    # forward: loss = sum_bt w sum_r |p_s[order_r] - p_t_sorted_r|
+    # -> dp_s[order_r] = sign(diff_r): un-sort the sign vector through the permutation,
+    # then the softmax Jacobian: ds = p_s (dp_s - p_s . dp_s), dz = dloss w ds / tau.
+    p_s, order, sign, w, tau, dtype = cache
+    dp = _scatter_last(sign, order, p_s.shape[-1])                                 # (B, T, Vs)
+    ds = _softmax_backward(dp, p_s)
+    return (dloss * w[..., None] * ds / tau).astype(dtype, copy=False)

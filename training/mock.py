@@ -1,0 +1,55 @@
+"""Stand-in teachers for `python train.py --use_mock`: real models, built locally, no download.
+
+1. A larger MiniTransformer (twice as wide, twice as deep as the student) trained briefly on the
+   same training split with plain cross-entropy, in this run. It is saved under
+   output_dir/mock_teacher with a fingerprint of its data and settings, so the next run with
+   the same data loads it instead of training it again.
+2. An n-gram model counted on the same training split (logits only, no hidden states).
+Both are genuine teachers: every number they contribute is computed from the data.
+"""
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from mini_llm.model.transformer import MiniTransformer
+from training.knowledge_transfer import DistillConfig, KnowledgeTransfer
+from training.loop import train
+from training.teachers import NGramTeacher, TransformerTeacher, sequences_fingerprint
+
+
+def mock_teacher_config(student_config):
+    c = student_config
+    return replace(c, hidden_size=2 * c.hidden_size, num_layers=2 * c.num_layers,
+                   intermediate_size=2 * c.intermediate_size)
+
+
+def build_mock_transformer_teacher(student_config, tokenizer, train_seq, out_dir, steps,
+                                   batch_size, lr, seed):
+    """Load the cached mock teacher if its fingerprint matches, else train and save it."""
+    config = mock_teacher_config(student_config)
+    folder = Path(out_dir) / "mock_teacher"
+    fingerprint = dict(data=sequences_fingerprint(train_seq), config=config.to_dict(),
+                       steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    stamp = folder / "fingerprint.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == fingerprint:
+        print(f"mock teacher: loaded from {folder} (same data and settings)")
+        model = MiniTransformer.from_pretrained(folder)
+    else:
+        model = MiniTransformer(config, seed=seed + 1)
+        print(f"mock teacher: training a {model.num_parameters():,}-parameter model "
+              f"({config.num_layers} layers, width {config.hidden_size}) for {steps} steps")
+        kt = KnowledgeTransfer(model, [], DistillConfig(kl_weight=0.0), lr=lr, seed=seed)
+        _, interrupted = train(kt, train_seq, [], steps, batch_size, lr,
+                               warmup_steps=max(1, steps // 10), seed=seed + 1, desc="mock teacher")
+        if interrupted:                  # never cache a half-trained teacher under the full fingerprint
+            raise KeyboardInterrupt
+        model.save_pretrained(folder)
+        tokenizer.save(folder / "tokenizer.json")
+        stamp.write_text(json.dumps(fingerprint, indent=1))
+    return TransformerTeacher("mock_llama", "flux", model, tokenizer=None)
+
+
+def build_ngram_teacher(vocab_size, train_stream, order=3):
+    teacher = NGramTeacher(vocab_size, order=order, name="ngram").fit(train_stream)
+    print(f"n-gram teacher: order {order}, fitted on {len(train_stream):,} tokens")
+    return teacher
