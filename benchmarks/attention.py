@@ -7,13 +7,15 @@ O(T·W·D)) against the dense NumPy reference (mini_llm/model/attention.py, O(T�
 
 Both sides run through attention_forward / attention_backward (use_kernel=True / False), the
 code path the model uses. For every T where dense runs, the two are first checked to agree
-(max |kernel - dense| / max |dense| of out, dq, dk, dv); then each side is timed, median of
---repeats runs (dense gets at most --dense_repeats: it is slow at large T).
+(max |kernel - dense| / max |dense| of out, dq, dk, dv); then both are timed, runs interleaved,
+median of --repeats runs (dense gets at most --dense_repeats: it is slow at large T). The load
+average is printed before and after: other work on the machine slows both sides.
 Targets (from the issue): at T=4096 the kernel is >= 5x faster than dense, and the kernel's time
 grows no more than 9x from T=1024 to T=8192 (linear in T would be 8x).
 Dense at T=8192 holds several (B, H, T, T) float32 tensors of 1 GiB each (H=4): about 5 GiB.
 """
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,13 +38,10 @@ def band_area(T, W):
     return T * (T + 1) // 2 if T <= W else T * W - W * (W - 1) // 2
 
 
-def median_ms(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
+def seconds(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def main():
@@ -65,6 +64,7 @@ def main():
     print(f"attention fwd+bwd, float32, B={B} H={H} Hkv={Hkv} D={D} W={W}, "
           f"numba threads {numba.get_num_threads()}, median of {args.repeats} (dense: {min(args.repeats, args.dense_repeats)})")
 
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     rng = np.random.default_rng(0)
     rows = {}
     for T in args.T:
@@ -80,9 +80,13 @@ def main():
             if max(errors) > 1e-4:
                 sys.exit(f"kernel and dense disagree at T={T} (max rel err {max(errors):.1e}): not timing")
             del dense_results
-            dense_ms = median_ms(lambda: fwd_bwd(q, k, v, dout, W, False), min(args.repeats, args.dense_repeats))
-        kernel_ms = median_ms(lambda: fwd_bwd(q, k, v, dout, W, True), args.repeats)
-        rows[T] = (dense_ms, kernel_ms)
+        # interleaved, so that both sides see the same load from anything else on the machine
+        dense_times, kernel_times = [], []
+        for r in range(args.repeats):
+            kernel_times.append(seconds(lambda: fwd_bwd(q, k, v, dout, W, True)))
+            if T <= args.max_dense_T and r < args.dense_repeats:
+                dense_times.append(seconds(lambda: fwd_bwd(q, k, v, dout, W, False)))
+        rows[T] = (1e3 * np.median(dense_times) if dense_times else None, 1e3 * np.median(kernel_times))
 
     print(f"\n{'T':>6} | {'dense ms':>10} | {'kernel ms':>10} | {'speedup':>8}")
     for T, (dense_ms, kernel_ms) in rows.items():
@@ -95,6 +99,7 @@ def main():
               f"grows {band_area(8192, W) / band_area(1024, W):.2f}x)")
     if 4096 in rows and rows[4096][0] is not None:
         print(f"speedup at T=4096: {rows[4096][0] / rows[4096][1]:.1f}x (target >= 5x)")
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ travels through a stack of windowed layers, and how the rolling KV cache reuses 
    logits are compared with a full forward over the whole sequence.
 """
 import argparse
+import importlib.util
 import os
 import sys
 
@@ -141,7 +142,9 @@ def main(argv=None):
     rows = receptive_field_table(T_rf, W, args.layers)
     history, worst = rolling_cache(W, args.steps)
 
-    if args.plot:
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        print("\n--plot needs matplotlib (pip install matplotlib): no figure written")
+    elif args.plot:
         os.makedirs(args.out, exist_ok=True)
         reach = reach_per_layer(T_rf, W, args.layers)[-1]
         path = plot([("causal", window_mask(T_rf, T_rf, None)), (f"window W={W}", window_mask(T_rf, T_rf, W)),

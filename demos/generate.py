@@ -20,6 +20,7 @@ The KV cache (mini_llm.generate.KVCache) keeps each layer's keys and values, so 
 costs one position of work instead of re-running the whole context.
 """
 import argparse
+import importlib.util
 import os
 import sys
 import time
@@ -54,7 +55,7 @@ def train_tiny(args):
     tokenizer = BPETokenizer(vocab_size=args.vocab_size).train(texts)
     sequences = make_sequences(encode_documents(tokenizer, texts), args.seq_len)      # (S, T+1)
     config = TransformerConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_layers=2, num_heads=4,
-                               num_kv_heads=2, intermediate_size=192, max_seq_length=128)
+                               num_kv_heads=2, intermediate_size=192, max_seq_length=256)
     model = MiniTransformer(config, seed=args.seed)
     print(f"trained a BPE tokenizer ({tokenizer.vocab_size} tokens) and cut the text into "
           f"{len(sequences)} sequences of {args.seq_len} tokens ({time.perf_counter() - t0:.1f} s)")
@@ -76,22 +77,28 @@ def train_tiny(args):
     return model, tokenizer
 
 
+SETTINGS = [dict(temperature=0), dict(temperature=0.7), dict(temperature=1.0), dict(temperature=1.5),
+            dict(temperature=1.0, top_k=10), dict(temperature=1.0, top_p=0.9)]
+
+
+def describe(setting):
+    """{"temperature": 1.0, "top_k": 10} -> "top-k 10, temperature 1"."""
+    if setting["temperature"] == 0:
+        return "greedy (temperature 0)"
+    filters = [f"{name.replace('_', '-')} {setting[name]:g}" for name in ("top_k", "top_p") if name in setting]
+    return ", ".join(filters + [f"temperature {setting['temperature']:g}"])
+
+
 def samples(model, tokenizer, prompt_ids, new_tokens, seed):
     """One continuation per setting, same prompt and seed. Returns [(setting, text)]."""
-    settings = [("greedy (temperature 0)", dict(temperature=0)),
-                ("temperature 0.7", dict(temperature=0.7)),
-                ("temperature 1.0", dict(temperature=1.0)),
-                ("temperature 1.5", dict(temperature=1.5)),
-                ("top-k 10, temperature 1", dict(top_k=10)),
-                ("top-p 0.9, temperature 1", dict(top_p=0.9))]
     rows = []
-    for name, kwargs in settings:
-        ids = generate(model, prompt_ids, new_tokens, seed=seed, **kwargs)
-        rows.append((name, tokenizer.decode(ids[0, prompt_ids.shape[1]:].tolist())))
+    for setting in SETTINGS:
+        ids = generate(model, prompt_ids, new_tokens, seed=seed, **setting)
+        rows.append((describe(setting), tokenizer.decode(ids[0, prompt_ids.shape[1]:].tolist())))
     return rows
 
 
-def cache_speed(model, prompt_ids, new_tokens, repeats=3):
+def cache_speed(model, prompt_ids, new_tokens, repeats):
     """Median seconds for greedy generation with and without the KV cache, and whether both
     gave the same tokens. Returns {use_cache: seconds}, same."""
     seconds, outputs = {}, {}
@@ -107,21 +114,23 @@ def cache_speed(model, prompt_ids, new_tokens, repeats=3):
 
 def plot(model, prompt_ids, out_dir):
     """Next-token probabilities after the prompt, by rank, at three temperatures, with the
-    top-p 0.9 cut of each marked."""
+    cuts of the top-k and top-p settings marked."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     logits = np.asarray(model.forward(prompt_ids, keep_cache=False)[0, -1], dtype=np.float64)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ranks = np.arange(1, min(60, logits.size) + 1)
-    for temperature in (0.7, 1.0, 1.5):
+    top_k = next(s["top_k"] for s in SETTINGS if "top_k" in s)
+    top_p = next(s["top_p"] for s in SETTINGS if "top_p" in s)
+    for temperature in sorted({s["temperature"] for s in SETTINGS} - {0}):
         z = logits / temperature
         p = np.sort(np.exp(z - z.max()) / np.exp(z - z.max()).sum())[::-1]
-        cut = int(np.searchsorted(np.cumsum(p), 0.9)) + 1                 # tokens top-p 0.9 keeps
-        line, = ax.semilogy(ranks, p[:ranks.size], label=f"temperature {temperature:g} (top-p 0.9 keeps {cut})")
+        cut = int(np.searchsorted(np.cumsum(p), top_p)) + 1               # tokens top-p keeps
+        line, = ax.semilogy(ranks, p[:ranks.size], label=f"temperature {temperature:g} (top-p {top_p:g} keeps {cut})")
         if cut <= ranks.size:
             ax.axvline(cut, color=line.get_color(), ls=":", lw=1)
-    ax.axvline(10, color="0.5", ls="--", lw=1, label="top-k 10")
+    ax.axvline(top_k, color="0.5", ls="--", lw=1, label=f"top-k {top_k}")
     ax.set_xlabel("rank of the token")
     ax.set_ylabel("probability")
     ax.set_title("next-token distribution after the prompt")
@@ -138,11 +147,11 @@ def main(argv=None):
     p.add_argument("--checkpoint", help="a folder written by train.py (with tokenizer.json); default: train a tiny model")
     p.add_argument("--prompt", default="A language model", help="default: %(default)r")
     p.add_argument("--new_tokens", type=int, default=40, help="tokens per sample (default: %(default)s)")
-    p.add_argument("--speed_tokens", type=int, default=100, help="tokens for the cache timing (default: %(default)s)")
-    p.add_argument("--vocab_size", type=int, default=512, help="tiny model's tokenizer (default: %(default)s)")
+    p.add_argument("--speed_tokens", type=int, default=200, help="tokens for the cache timing (default: %(default)s)")
+    p.add_argument("--vocab_size", type=int, default=384, help="tiny model's tokenizer (default: %(default)s)")
     p.add_argument("--seq_len", type=int, default=64, help="tiny model's training length (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=300, help="tiny model's training steps (default: %(default)s)")
-    p.add_argument("--batch_size", type=int, default=16, help="default: %(default)s")
+    p.add_argument("--steps", type=int, default=200, help="tiny model's training steps (default: %(default)s)")
+    p.add_argument("--batch_size", type=int, default=8, help="default: %(default)s")
     p.add_argument("--lr", type=float, default=3e-3, help="default: %(default)s")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", action="store_true", help="save generate.png (needs matplotlib)")
@@ -163,16 +172,19 @@ def main(argv=None):
     rows = samples(model, tokenizer, prompt_ids, args.new_tokens, args.seed)
     width = max(len(name) for name, _ in rows)
     for name, text in rows:
-        print(f"{name:<{width}} | {args.prompt}{text!r}"[:width + 3] + f"{args.prompt}{text}".replace("\n", " / "))
+        print(f"{name:<{width}} | " + (args.prompt + text).replace("\n", " / "))
 
-    seconds, same = cache_speed(model, prompt_ids, args.speed_tokens)
-    print(f"\n--- speed: {args.speed_tokens} greedy tokens after the prompt (median of 3 runs)")
+    repeats = 3
+    seconds, same = cache_speed(model, prompt_ids, args.speed_tokens, repeats)
+    print(f"\n--- speed: {args.speed_tokens} greedy tokens after the prompt (median of {repeats} runs)")
     print(f"{'':<20} {'seconds':>8} {'tokens/s':>9} {'ratio':>6}")
     for use_cache, label in ((False, "without KV cache"), (True, "with KV cache")):
         print(f"{label:<20} {seconds[use_cache]:>8.3f} {args.speed_tokens / seconds[use_cache]:>9.0f} "
               f"{seconds[False] / seconds[use_cache]:>6.2f}")
     print(f"same tokens with and without the cache: {same}")
-    if args.plot:
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        print("\n--plot needs matplotlib (pip install matplotlib): no figure written")
+    elif args.plot:
         os.makedirs(args.out, exist_ok=True)
         print(f"\nplot: {plot(model, prompt_ids, args.out)}")
     return {"samples": rows, "seconds": seconds, "same_tokens": same}

@@ -16,6 +16,7 @@ from the layer pairs in mini_llm/model/layers.py. Nothing is tuned for either si
 steps, same learning rate, same data, same seed for the draws.
 """
 import argparse
+import importlib.util
 import os
 import sys
 
@@ -153,12 +154,17 @@ def main(argv=None):
     wins = sum(s < q for s, q in zip(finals["SwiGLU"], finals["plain"]))
     print(f"\nheld-out MSE, mean ± std over {args.seeds} seeds: SwiGLU {means['SwiGLU']:.5f} ± {stds['SwiGLU']:.5f}, "
           f"plain {means['plain']:.5f} ± {stds['plain']:.5f}")
+    best = {n: float(np.mean([min(c) for c in runs])) for n, runs in curves.items()}
+    print(f"best held-out MSE at any evaluated step (as early stopping would pick), mean over seeds: "
+          f"SwiGLU {best['SwiGLU']:.5f}, plain {best['plain']:.5f}")
     better = "SwiGLU" if means["SwiGLU"] < means["plain"] else "plain"
     print(f"on this task and budget {better} is better on average; SwiGLU wins {wins} of {args.seeds} seeds")
-    if args.plot:
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        print("\n--plot needs matplotlib (pip install matplotlib): no figure written")
+    elif args.plot:
         os.makedirs(args.out, exist_ok=True)
         print(f"\nplot: {plot(curves, eval_every, args.steps, args.out)}")
-    return {"parameters": counts, "test_losses": finals, "swiglu_wins": wins}
+    return {"parameters": counts, "test_losses": finals, "best_test_losses": best, "swiglu_wins": wins}
 
 
 if __name__ == "__main__":

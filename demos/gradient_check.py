@@ -16,6 +16,7 @@ where the best reachable error is ~ machine_eps^(2/3): 4e-11 in float64 but only
 That is why gradient checks run in float64.
 """
 import argparse
+import importlib.util
 import os
 import sys
 
@@ -29,6 +30,7 @@ from mini_llm.model.transformer import MiniTransformer, TransformerConfig  # noq
 from tests.gradcheck import numerical_grad, rel_error  # noqa: E402
 
 NORM_EPS = 1e-5        # RMSNorm's own epsilon (inside the sqrt), not the finite-difference step
+STEP = 1e-6            # the finite-difference step eps of parts 1 and 3 (tests/gradcheck.py's default)
 TOLERANCE = 1e-6       # the project's bar for a float64 check
 
 
@@ -47,8 +49,8 @@ def check_rmsnorm(seed):
     x, weight, dy, f = rmsnorm_problem(seed)
     _, cache = rmsnorm_forward(x, weight, NORM_EPS)
     dx, dweight = rmsnorm_backward(dy, cache)
-    num_dx, num_dweight = numerical_grad(f, x), numerical_grad(f, weight)
-    print(f"1. RMSNorm, x {x.shape} float64, f = Σ rmsnorm(x)·dy, central differences with eps = 1e-6")
+    num_dx, num_dweight = numerical_grad(f, x, eps=STEP), numerical_grad(f, weight, eps=STEP)
+    print(f"1. RMSNorm, x {x.shape} float64, f = Σ rmsnorm(x)·dy, central differences with eps = {STEP:g}")
     print(f"{'entry':>10} {'analytic dx':>20} {'numeric dx':>20} {'|difference|':>13}")
     for index in [(0, 0, 0), (0, 1, 2), (1, 2, 3)]:
         a, n = dx[index], num_dx[index]
@@ -113,7 +115,7 @@ def check_model(seed, attention):
     print(f"{'parameter':<47} {'shape':>8} {'max |grad|':>11} {'rel error':>10}")
     errors = {}
     for name, p in model.params.items():
-        numeric = numerical_grad(loss_fn, p)
+        numeric = numerical_grad(loss_fn, p, eps=STEP)
         errors[name] = rel_error(model.grads[name], numeric)
         flag = "" if errors[name] < TOLERANCE else "  FAIL"
         print(f"{name:<47} {str(p.shape):>8} {np.abs(model.grads[name]).max():>11.2e} {errors[name]:>10.1e}{flag}")
@@ -158,7 +160,9 @@ def main(argv=None):
     err_dx, err_dw = check_rmsnorm(args.seed)
     errors = eps_sweep(args.seed, steps)
     model_errors = {} if args.skip_model else check_model(args.seed, args.attention)
-    if args.plot:
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        print("\n--plot needs matplotlib (pip install matplotlib): no figure written")
+    elif args.plot:
         os.makedirs(args.out, exist_ok=True)
         print(f"\nplot: {plot(steps, errors, args.out)}")
     return {"rmsnorm": (err_dx, err_dw), "eps_steps": steps, "eps_sweep": errors, "model": model_errors}

@@ -18,6 +18,7 @@ and mini_llm.optim.AdamW updates them.
                             broad and centred, a worse local minimum, which the demo also shows.
 """
 import argparse
+import importlib.util
 import os
 import sys
 
@@ -146,7 +147,9 @@ def main(argv=None):
         elif name.startswith("reverse"):
             print(f"{name}: {mode_verdict(r)}")
     print(f"(one mode fitted exactly gives KL(s||t) = -log {MODE_WEIGHT:g} = {-np.log(MODE_WEIGHT):.4f})")
-    if args.plot:
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        print("\n--plot needs matplotlib (pip install matplotlib): no figure written")
+    elif args.plot:
         os.makedirs(args.out, exist_ok=True)
         print(f"\nplot: {plot(x, fits, args.out)}")
     return results

@@ -11,6 +11,7 @@ Layout: rotate-half, as Hugging Face LLaMA/Mistral store q_proj/k_proj: pair i i
 Why the dot product is relative: R(a)ᵀ R(b) = R(b - a), so (R_m q)·(R_n k) = q·R_{n-m} k.
 """
 import argparse
+import importlib.util
 import math
 import os
 import sys
@@ -151,7 +152,9 @@ def main(argv=None):
     length_error, turn_error = rotation_of_pairs(q, 5, args.theta)
     same, others = relative_scores(q, k, args.theta, args.offset, [0, 7, 97, 997, 9997],
                                    [d for d in range(0, 8) if d != args.offset])
-    if args.plot:
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        print("\n--plot needs matplotlib (pip install matplotlib): no figure written")
+    elif args.plot:
         os.makedirs(args.out, exist_ok=True)
         print(f"\nplot: {plot(q, k, args.head_dim, args.theta, args.out)}")
     return {"angle_error": angle_error, "length_error": length_error, "turn_error": turn_error,

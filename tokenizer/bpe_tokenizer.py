@@ -156,9 +156,10 @@ def encode_chunk_reference(ids, merge_ranks, merge_ids):
 
 def split_isolated(pattern, text):
     """Cut text into the regex's matches, keeping any unmatched gaps as pieces too."""
-    chunks = pattern.findall(text)
-    if sum(map(len, chunks)) == len(text):
-        return chunks
+    if not pattern.groups:  # fast path: findall gives whole matches, and usually covers all
+        chunks = pattern.findall(text)
+        if sum(map(len, chunks)) == len(text):
+            return chunks
     pieces, end = [], 0
     for match in pattern.finditer(text):
         if match.start() > end:
@@ -186,9 +187,10 @@ class BPETokenizer:
                 or not all(isinstance(s, str) for s in special_tokens):
             raise ValueError(f"special_tokens must be distinct non-empty strings, got "
                              f"{special_tokens!r}")
-        if not isinstance(vocab_size, int) or vocab_size < 256 + len(special_tokens):
+        smallest = 256 + len(special_tokens)
+        if not isinstance(vocab_size, (int, np.integer)) or vocab_size < smallest:
             raise ValueError(f"vocab_size {vocab_size!r} is below 256 bytes + "
-                             f"{len(special_tokens)} special tokens = {256 + len(special_tokens)}")
+                             f"{len(special_tokens)} special tokens = {smallest}")
         if pattern not in PATTERNS:
             try:
                 regex.compile(pattern)

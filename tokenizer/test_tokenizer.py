@@ -9,8 +9,7 @@ import json
 
 import pytest
 
-from tokenizer.bpe_tokenizer import (BPETokenizer, get_pair_counts, merge_pair, read_text_file,
-                                     train_reference)
+from tokenizer.bpe_tokenizer import BPETokenizer, get_pair_counts, merge_pair, read_text_file
 
 TEXT = ("The quick brown fox jumps over the lazy dog. The dog sleeps; the fox runs on.\n"
         "Numbers like 12345 and 3.14 appear, and so do words such as don't and it's.\n") * 20

@@ -37,17 +37,20 @@ def embedding_backward(dx, cache):
 
 
 def linear_forward(x, weight):
-    """x (..., in), weight (out, in) -> y (..., out) = x @ weight.T"""
-    y = x @ weight.T
-    return y, (x, weight)
+    """x (..., in), weight (out, in) -> y (..., out) = x @ weight.T
+    The leading axes are flattened first: one 2-D (N, in) @ (in, out) product is what BLAS does
+    fastest; NumPy would run (B, T, in) @ (in, out) as B smaller products."""
+    y = x.reshape(-1, x.shape[-1]) @ weight.T                  # (N, out), N = all leading positions
+    return y.reshape(*x.shape[:-1], weight.shape[0]), (x, weight)
 
 
 def linear_backward(dy, cache):
     """Returns dx (..., in), dweight (out, in).
     forward: y = x Wᵀ -> dx = dy W, dW = dyᵀ x (summed over every leading position)."""
     x, weight = cache
-    dx = dy @ weight
-    dweight = dy.reshape(-1, dy.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+    dy2 = dy.reshape(-1, dy.shape[-1])                         # (N, out)
+    dx = (dy2 @ weight).reshape(x.shape)
+    dweight = dy2.T @ x.reshape(-1, x.shape[-1])
     return dx, dweight
 
 
@@ -152,4 +155,6 @@ def cross_entropy_backward(dloss, cache):
     dlogits = xp.exp(logp)                                     # softmax, (B, T, V)
     rows, cols = xp.indices(safe_targets.shape)
     dlogits[rows, cols, safe_targets] -= 1.0                   # minus the one-hot target
-    return dlogits * (valid[..., None] * (dloss / count))
+    weight = (valid * (dloss / count)).astype(dlogits.dtype)    # (B, T); 0 at ignored positions
+    dlogits *= weight[..., None]                               # in place, stays in logits' dtype
+    return dlogits

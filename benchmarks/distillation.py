@@ -1,0 +1,235 @@
+"""Knowledge distillation, measured: how much of the gap between a small student trained alone and
+a larger teacher does distillation close, at an equal number of student steps?
+
+    python benchmarks/distillation.py                     # ~2 MB of local English docs, ~10 min on 2 cores
+    python benchmarks/distillation.py --quick             # smoke run, under a minute
+    python benchmarks/distillation.py --corpus my.txt --kl_weight 1 --ce_weight 0 --temperature 1
+
+1. Corpus: --corpus PATH (.txt/.json/.jsonl, read by training/data.py), or else one built here
+   from the English prose found on the machine (README, license and documentation files under
+   /usr/share/doc, /usr/share/common-licenses and site-packages), paragraph by paragraph:
+   prose-looking paragraphs only, each distinct paragraph once, at most --per_file_kb per file,
+   until --corpus_mb; plus data/sample_training.txt. It prints what it used.
+2. A byte-level BPE tokenizer (tokenizer/bpe_tokenizer.py) trained on the training paragraphs.
+3. Three models, all through KnowledgeTransfer + training/loop.train (the code path train.py uses):
+     teacher    wider and deeper, --teacher_steps of cross-entropy
+     scratch    the student, --student_steps of cross-entropy only
+     distilled  the same student (same seed, so the same init; same batches; same steps), trained
+                on ce_weight * CE + kl_weight * KL(teacher || student) [+ hidden_weight * MSE of
+                projected hidden states]
+4. The table: validation perplexity of the three, and the share of the scratch -> teacher gap
+   that distillation closes, (ppl_scratch - ppl_distilled) / (ppl_scratch - ppl_teacher).
+   Target (from the issue): >= 30% at equal steps.
+"""
+import argparse
+import hashlib
+import math
+import random
+import re
+import site
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # run from anywhere, no install
+from mini_llm.model.transformer import MiniTransformer, TransformerConfig  # noqa: E402
+from tokenizer.bpe_tokenizer import BPETokenizer  # noqa: E402
+from training.data import encode_documents, load_texts, make_sequences, split_train_val  # noqa: E402
+from training.knowledge_transfer import DistillConfig, KnowledgeTransfer  # noqa: E402
+from training.loop import evaluate, train  # noqa: E402
+from training.teachers import TransformerTeacher  # noqa: E402
+
+SAMPLE_TEXT = Path(__file__).resolve().parents[1] / "data" / "sample_training.txt"
+PROSE_ROOTS = [Path("/usr/share/doc"), Path("/usr/share/common-licenses")]
+PROSE_SUFFIXES = {".txt", ".md", ".rst"}
+PROSE_NAMES = ("readme", "license", "licence", "copying", "copyright", "news", "authors", "thanks")
+MAX_FILE_BYTES = 512 * 1024          # bigger files are changelogs, symbol lists, API dumps
+
+
+# ----------------------------------------------------------------------------- corpus
+
+def prose_files():
+    """Candidate text files: README/LICENSE-like names or .txt/.md/.rst, under the doc folders
+    and every site-packages, sorted (the corpus is then the same on every run)."""
+    roots = PROSE_ROOTS + [Path(p) for p in {*site.getsitepackages(), sysconfig.get_paths()["purelib"]}]
+    files = set()
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for path in root.rglob("*"):
+            name = path.name.lower()
+            if (path.suffix.lower() in PROSE_SUFFIXES or name.startswith(PROSE_NAMES)) and \
+                    path.is_file() and not path.is_symlink() and 0 < path.stat().st_size <= MAX_FILE_BYTES:
+                files.add(path)
+    return sorted(files)
+
+
+def is_prose(paragraph):
+    """A paragraph that reads like English sentences: long enough, mostly letters, words of
+    ordinary length, no code or table markup. "The cat sat on the mat, as cats do." -> True;
+    "x = f(y); // 42" -> False."""
+    text = " ".join(paragraph.split())
+    if len(text) < 80 or not re.search(r"[a-z]{3,} [a-z]{2,} [a-z]{2,}", text):
+        return False
+    letters = sum(c.isalpha() for c in text)
+    plain = sum(c.isalpha() or c in " .,;:'\"()-?!" for c in text)
+    words = text.split()
+    mean_word = sum(map(len, words)) / len(words)
+    return letters >= 0.75 * len(text) and plain >= 0.95 * len(text) and 3.0 <= mean_word <= 8.0
+
+
+def build_corpus(corpus_bytes, per_file_bytes, seed=0):
+    """Prose paragraphs from the machine's documentation, each distinct one once, at most
+    per_file_bytes from one file, until corpus_bytes; files visited in a seeded random order.
+    Returns (paragraphs, number of files used)."""
+    files = prose_files()
+    random.Random(seed).shuffle(files)
+    seen, paragraphs, total, used = set(), [], 0, 0
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        taken = 0
+        for paragraph in re.split(r"\n[ \t]*\n", text):
+            key = hashlib.sha1(" ".join(paragraph.lower().split()).encode()).digest()
+            if key in seen or not is_prose(paragraph):
+                continue
+            seen.add(key)
+            paragraph = "\n".join(line.strip() for line in paragraph.strip().splitlines())
+            paragraphs.append(paragraph)
+            taken += len(paragraph) + 2
+            if taken >= per_file_bytes:
+                break
+        used += taken > 0
+        total += taken
+        if total >= corpus_bytes:
+            break
+    return paragraphs, used
+
+
+def load_documents(args):
+    """The documents to train on: --corpus, or the built corpus plus the sample text."""
+    if args.corpus:
+        documents = load_texts(args.corpus)
+        print(f"corpus: {args.corpus}: {len(documents):,} documents, "
+              f"{sum(map(len, documents)) / 1e6:.2f} M characters")
+        return documents
+    paragraphs, files = build_corpus(args.corpus_mb * 1e6, args.per_file_kb * 1e3, args.seed)
+    sample = load_texts(SAMPLE_TEXT)
+    print(f"corpus: {len(paragraphs):,} prose paragraphs from {files} files under "
+          f"{', '.join(str(r) for r in PROSE_ROOTS)} and site-packages, "
+          f"{sum(map(len, paragraphs)) / 1e6:.2f} M characters; plus {SAMPLE_TEXT.name} "
+          f"({len(sample)} paragraphs, {sum(map(len, sample)) / 1e6:.2f} M characters)")
+    if not paragraphs:
+        raise SystemExit("error: no prose found on this machine: pass a text file with --corpus")
+    return paragraphs + sample
+
+
+# ----------------------------------------------------------------------------- models
+
+def model_config(vocab_size, hidden, layers, heads, seq_len):
+    """A LLaMA-style block: GQA with half as many kv heads, SwiGLU of width ~2.75 C (multiple of 32)."""
+    return TransformerConfig(vocab_size=vocab_size, hidden_size=hidden, num_layers=layers,
+                             num_heads=heads, num_kv_heads=max(1, heads // 2),
+                             intermediate_size=32 * round(2.75 * hidden / 32),
+                             max_seq_length=seq_len).validate()
+
+
+def fit(model, teachers, distill, train_seq, val_seq, steps, args, desc):
+    """Train `model` for `steps` AdamW steps on the batches fixed by args.seed; returns
+    (validation loss, seconds)."""
+    kt = KnowledgeTransfer(model, teachers, distill, lr=args.lr, weight_decay=args.weight_decay,
+                           grad_clip=1.0, seed=args.seed)
+    start = time.perf_counter()
+    train(kt, train_seq, val_seq, steps, args.batch_size, args.lr,
+          warmup_steps=max(1, steps // 20), seed=args.seed, eval_every=args.eval_every, desc=desc)
+    seconds = time.perf_counter() - start
+    return evaluate(model, val_seq, args.batch_size), seconds
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--corpus", help="a .txt/.json/.jsonl file (default: build one from local docs)")
+    p.add_argument("--corpus_mb", type=float, default=2.0, help="size of the built corpus (default: %(default)s)")
+    p.add_argument("--per_file_kb", type=float, default=24.0, help="most text taken from one file (default: %(default)s)")
+    p.add_argument("--vocab_size", type=int, default=2048)
+    p.add_argument("--seq_len", type=int, default=64)
+    p.add_argument("--val_sequences", type=int, default=256, help="most validation sequences scored")
+    p.add_argument("--teacher_hidden", type=int, default=256)
+    p.add_argument("--teacher_layers", type=int, default=4)
+    p.add_argument("--student_hidden", type=int, default=128)
+    p.add_argument("--student_layers", type=int, default=2)
+    p.add_argument("--teacher_steps", type=int, default=600)
+    p.add_argument("--student_steps", type=int, default=300)
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate, all three models")
+    p.add_argument("--weight_decay", type=float, default=0.1)
+    p.add_argument("--ce_weight", type=float, default=0.5)
+    p.add_argument("--kl_weight", type=float, default=0.5)
+    p.add_argument("--hidden_weight", type=float, default=0.0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--kl_direction", choices=["forward", "reverse"], default="forward")
+    p.add_argument("--eval_every", type=int, default=0, help="print validation loss every N steps (0: off)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="smoke run: small corpus, few steps")
+    args = p.parse_args()
+    if args.quick:
+        args.corpus_mb, args.vocab_size, args.val_sequences = 0.2, 512, 32
+        args.teacher_hidden, args.student_hidden = 64, 32
+        args.teacher_steps, args.student_steps = 30, 20
+    return args
+
+
+def main():
+    args = parse_args()
+    t_start = time.perf_counter()
+    documents = load_documents(args)
+    train_docs, val_docs = split_train_val(documents, 0.1, args.seed)
+    tokenizer = BPETokenizer(vocab_size=args.vocab_size).train(train_docs)
+    train_seq = make_sequences(encode_documents(tokenizer, train_docs), args.seq_len)
+    val_seq = make_sequences(encode_documents(tokenizer, val_docs), args.seq_len)[:args.val_sequences]
+    V = tokenizer.vocab_size
+    print(f"tokens: vocab {V}, {train_seq.size:,} train tokens in {len(train_seq)} sequences of "
+          f"{args.seq_len}, {len(val_seq)} validation sequences; "
+          f"{args.student_steps * args.batch_size / len(train_seq):.1f} student epochs "
+          f"({time.perf_counter() - t_start:.0f} s so far)")
+
+    teacher_config = model_config(V, args.teacher_hidden, args.teacher_layers, 8, args.seq_len)
+    student_config = model_config(V, args.student_hidden, args.student_layers, 4, args.seq_len)
+    teacher = MiniTransformer(teacher_config, seed=args.seed + 1)
+    ce_only = DistillConfig(ce_weight=1.0, kl_weight=0.0)
+    teacher_loss, teacher_s = fit(teacher, [], ce_only, train_seq, val_seq, args.teacher_steps, args, "teacher")
+    scratch = MiniTransformer(student_config, seed=args.seed)
+    scratch_loss, scratch_s = fit(scratch, [], ce_only, train_seq, val_seq, args.student_steps, args, "scratch")
+    distill = DistillConfig(ce_weight=args.ce_weight, kl_weight=args.kl_weight, hidden_weight=args.hidden_weight,
+                            temperature=args.temperature, kl_direction=args.kl_direction)
+    distilled = MiniTransformer(student_config, seed=args.seed)
+    teachers = [(TransformerTeacher("teacher", "flux", teacher), 1.0)]
+    distilled_loss, distilled_s = fit(distilled, teachers, distill, train_seq, val_seq,
+                                      args.student_steps, args, "distilled")
+
+    ppl = {name: math.exp(loss) for name, loss in
+           (("teacher", teacher_loss), ("scratch", scratch_loss), ("distilled", distilled_loss))}
+    gap = ppl["scratch"] - ppl["teacher"]
+    closed = (ppl["scratch"] - ppl["distilled"]) / gap if gap > 0 else float("nan")
+    print(f"distillation: ce {args.ce_weight} | kl {args.kl_weight} ({args.kl_direction}, "
+          f"tau {args.temperature}) | hidden {args.hidden_weight} | lr {args.lr:g} | seed {args.seed}")
+    print("---")
+    print(f"{'model':<12} {'params':>10} {'steps':>6} {'val loss':>9} {'val ppl':>9} {'train s':>8}")
+    rows = (("teacher", teacher, args.teacher_steps, teacher_loss, teacher_s),
+            ("scratch", scratch, args.student_steps, scratch_loss, scratch_s),
+            ("distilled", distilled, args.student_steps, distilled_loss, distilled_s))
+    for name, model, steps, loss, seconds in rows:
+        print(f"{name:<12} {model.num_parameters():>10,} {steps:>6} {loss:>9.3f} {ppl[name]:>9.2f} {seconds:>8.0f}")
+    print("---")
+    verdict = "meets" if closed >= 0.30 else "misses"
+    print(f"gap closed: (ppl_scratch - ppl_distilled) / (ppl_scratch - ppl_teacher) = {100 * closed:.1f}% "
+          f"({verdict} the 30% target); total {time.perf_counter() - t_start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
