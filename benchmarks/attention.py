@@ -46,15 +46,18 @@ def seconds(fn):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--T", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192], help="sequence lengths")
+    parser.add_argument("--T", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192],
+                        help="sequence lengths (default 512 1024 2048 4096 8192)")
     parser.add_argument("--batch", type=int, default=1, help="B (default 1)")
     parser.add_argument("--heads", type=int, default=4, help="H, query heads (default 4)")
     parser.add_argument("--kv_heads", type=int, default=None, help="Hkv (default: = heads)")
     parser.add_argument("--head_dim", type=int, default=64, help="D (default 64)")
     parser.add_argument("--window", type=int, default=256, help="W, sliding window (default 256)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per cell (default 5)")
-    parser.add_argument("--dense_repeats", type=int, default=3, help="at most this many for dense (default 3)")
-    parser.add_argument("--max_dense_T", type=int, default=8192, help="skip dense above this T (default 8192)")
+    parser.add_argument("--dense_repeats", type=int, default=3,
+                        help="at most this many for dense (default 3)")
+    parser.add_argument("--max_dense_T", type=int, default=8192,
+                        help="skip dense above this T (default 8192)")
     parser.add_argument("--quick", action="store_true", help="smoke run: T 256 512, 2 repeats")
     args = parser.parse_args()
     if args.quick:
@@ -62,8 +65,8 @@ def main():
     B, H, D, W = args.batch, args.heads, args.head_dim, args.window
     Hkv = args.kv_heads or H
     print(f"attention fwd+bwd, float32, B={B} H={H} Hkv={Hkv} D={D} W={W}, "
-          f"numba threads {numba.get_num_threads()}, median of {args.repeats} (dense: {min(args.repeats, args.dense_repeats)})")
-
+          f"numba threads {numba.get_num_threads()}, "
+          f"median of {args.repeats} (dense: {min(args.repeats, args.dense_repeats)})")
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     rng = np.random.default_rng(0)
     rows = {}
@@ -72,11 +75,12 @@ def main():
         k, v = (rng.standard_normal((B, T, Hkv, D), dtype=np.float32) for _ in range(2))
         dout = rng.standard_normal((B, T, H, D), dtype=np.float32)
         kernel_results = fwd_bwd(q, k, v, dout, W, True)              # warm-up (and compile)
-        dense_ms = None
         if T <= args.max_dense_T:
             dense_results = fwd_bwd(q, k, v, dout, W, False)          # warm-up, and the check
-            errors = [float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(kernel_results, dense_results)]
-            print(f"check T={T}: max rel err out {errors[0]:.1e}  dq {errors[1]:.1e}  dk {errors[2]:.1e}  dv {errors[3]:.1e}")
+            errors = [float(np.abs(a - b).max() / np.abs(b).max())
+                      for a, b in zip(kernel_results, dense_results)]
+            print(f"check T={T}: max rel err out {errors[0]:.1e}  dq {errors[1]:.1e}  "
+                  f"dk {errors[2]:.1e}  dv {errors[3]:.1e}")
             if max(errors) > 1e-4:
                 sys.exit(f"kernel and dense disagree at T={T} (max rel err {max(errors):.1e}): not timing")
             del dense_results

@@ -39,7 +39,7 @@ def parse_args():
     parser.add_argument("--steps", type=int, default=7, help="timed steps per framework (default 7, at least 5 for a real run)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both (default os.cpu_count())")
-    parser.add_argument("--profile_steps", type=int, default=3, help="profiled MiniTransformer steps (default 3)")
+    parser.add_argument("--profile_steps", type=int, default=5, help="profiled MiniTransformer steps (default 5)")
     parser.add_argument("--quick", action="store_true", help="smoke run: batch 2, 1 warm-up, 2 timed steps")
     return parser.parse_args()
 
@@ -183,12 +183,14 @@ def matmul_gflops(n=2048, repeats=5):
 # Profile: exclusive time of each wrapped layer function during one step
 
 
+ATTENTION_GLUE, SWIGLU = "attention glue (reshapes, checks)", "swiglu elementwise (silu, product)"
+
+
 class Profile:
     """Wraps module-level functions with timers. Each call's time minus its wrapped callees' goes
     to a (row, "fwd" | "bwd") cell; a linear layer's row is named after its caller."""
 
-    LINEAR_ROW = {"attention glue (reshapes, checks)": "q/k/v/o projections", "swiglu": "swiglu matmuls (gate, up, down)",
-                  None: "lm head matmul"}
+    LINEAR_ROW = {ATTENTION_GLUE: "q/k/v/o projections", SWIGLU: "swiglu matmuls (gate, up, down)"}
 
     def __init__(self):
         self.cells, self.stack, self.undo = {}, [], []
@@ -199,7 +201,7 @@ class Profile:
         def timed(*args, **kwargs):
             parent = self.stack[-1][0] if self.stack else None
             label = self.LINEAR_ROW.get(parent, "lm head matmul") if row == "linear" else row
-            self.stack.append([row if row != "linear" else label, 0.0])
+            self.stack.append([label, 0.0])
             start = time.perf_counter()
             try:
                 return original(*args, **kwargs)
@@ -220,27 +222,31 @@ class Profile:
 
 
 def profile_ours(step, steps):
-    """{(row, phase): ms per step} and the ms of a whole step, over `steps` profiled steps."""
+    """{(row, phase): median ms per step} and the median ms of a whole step, over `steps`
+    profiled steps."""
     prof = Profile()
     pairs = [(layers, "embedding", "embedding"), (layers, "rmsnorm", "rmsnorm"),
              (layers, "linear", "linear"), (attention, "linear", "linear"),
-             (attention, "self_attention", "attention glue (reshapes, checks)"), (attention, "rope", "rope"),
-             (attention, "attention", "attention (Numba kernel)"), (layers, "swiglu", "swiglu"),
-             (layers, "silu", "swiglu"), (layers, "cross_entropy", "cross-entropy")]
+             (attention, "self_attention", ATTENTION_GLUE), (attention, "rope", "rope"),
+             (attention, "attention", "attention (Numba kernel)"), (layers, "swiglu", SWIGLU),
+             (layers, "silu", SWIGLU), (layers, "cross_entropy", "cross-entropy")]
     for owner, stem, row in pairs:
         prof.wrap(owner, stem + "_forward", row, "fwd")
         prof.wrap(owner, stem + "_backward", row, "bwd")
     prof.wrap(AdamW, "step", "AdamW update", "bwd")
     prof.wrap(MiniTransformer, "zero_grad", "zero_grad", "bwd")
+    per_step, step_times = [], []
     try:
-        total = 0.0
         for _ in range(steps):
+            prof.cells = {}
             start = time.perf_counter()
             step()
-            total += time.perf_counter() - start
+            step_times.append(time.perf_counter() - start)
+            per_step.append(prof.cells)
     finally:
         prof.restore()
-    return {k: 1e3 * v / steps for k, v in prof.cells.items()}, 1e3 * total / steps
+    cells = {key: 1e3 * float(np.median([c.get(key, 0.0) for c in per_step])) for key in per_step[0]}
+    return cells, 1e3 * float(np.median(step_times))
 
 
 def print_profile(cells, step_ms):
@@ -249,7 +255,8 @@ def print_profile(cells, step_ms):
         rows.setdefault(row, {"fwd": 0.0, "bwd": 0.0})[phase] += ms
     rows["other (residual adds, grads +=, reshapes, Python)"] = {"fwd": 0.0, "bwd": step_ms - sum(cells.values())}
     rows = {name: rows[name] for name in sorted(rows, key=lambda r: -sum(rows[r].values()))}
-    print(f"\nMiniTransformer, one step = {step_ms:.1f} ms (profiled; 'bwd' column also holds the optimizer)")
+    print(f"\nMiniTransformer, one step = {step_ms:.1f} ms (median of the profiled steps; each cell "
+          f"its own median; the 'bwd' column also holds zero_grad and the optimizer)")
     print(f"{'part':<52} | {'fwd ms':>8} | {'bwd ms':>8} | {'total ms':>8} | {'% step':>6}")
     for name, r in rows.items():
         total = r["fwd"] + r["bwd"]
@@ -281,7 +288,8 @@ def main():
     print(f"train step, float32, B={batch} T={SEQ} V={config.vocab_size} C={config.hidden_size} "
           f"L={config.num_layers} H={config.num_heads} Hkv={config.num_kv_heads} F={config.intermediate_size} "
           f"W={config.sliding_window}; threads {args.threads} (numba {numba.get_num_threads()}"
-          + (f", torch {torch.get_num_threads()})" if torch else ", no torch installed)"))
+          + (f", torch {torch.get_num_threads()})" if torch else ", no torch installed)")
+          + f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     if torch is not None:       # same weights, same batch: 3 steps must give the same losses
         losses = [(ours(), theirs()) for _ in range(3)]
         worst = max(abs(a - b) for a, b in losses)

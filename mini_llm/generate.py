@@ -6,6 +6,8 @@ position `pos` goes to slot `pos`. With a window W the cache is a rolling buffer
 position `pos` overwrites slot `pos % W`, which held position pos - W, the first one that
 fell out of the window. Memory and per-token cost stay flat however long the generation.
 """
+import math
+
 import numpy as np
 
 from mini_llm import backend
@@ -38,11 +40,12 @@ def attend_with_cache(q, k_new, v_new, cache, layer, positions):
     xp = array_module(q)
     B, Tn, H, D = q.shape
     group = H // k_new.shape[2]
-    keys = xp.concatenate([cache.k[layer], k_new], axis=1)               # (B, S+Tn, Hkv, D)
-    values = xp.concatenate([cache.v[layer], v_new], axis=1)
-    key_pos = xp.concatenate([cache.slot_pos, positions])                # (S+Tn,)
+    filled = min(cache.next_pos, cache.slots)        # slots fill in order 0, 1, ... before rolling
+    keys = xp.concatenate([cache.k[layer][:, :filled], k_new], axis=1)   # (B, S'+Tn, Hkv, D)
+    values = xp.concatenate([cache.v[layer][:, :filled], v_new], axis=1)
+    key_pos = xp.concatenate([cache.slot_pos[:filled], positions])       # (S'+Tn,)
     keys, values = xp.repeat(keys, group, axis=2), xp.repeat(values, group, axis=2)  # GQA
-    scores = xp.einsum("bqhd,bkhd->bhqk", q, keys) / np.sqrt(D)          # (B, H, Tn, S+Tn)
+    scores = xp.einsum("bqhd,bkhd->bhqk", q, keys) * (1.0 / math.sqrt(D))   # (B, H, Tn, S'+Tn)
     # a key is visible if it exists, is not in the future, and (with a window) is recent enough
     visible = (key_pos[None, :] >= 0) & (key_pos[None, :] <= positions[:, None])
     if cache.window is not None:

@@ -49,10 +49,17 @@ class AdamW:
             m *= self.beta1
             m += (1 - self.beta1) * g
             v *= self.beta2
-            v += (1 - self.beta2) * g * g
+            v += (1 - self.beta2) * (g * g)
             if self.decay[name] and self.weight_decay:
                 p *= 1 - lr * self.weight_decay
-            p -= lr * (m / bias1) / (xp.sqrt(v / bias2) + self.eps)
+            # lr · m̂ / (sqrt(v̂) + eps), computed in one scratch array, in place, as torch does:
+            # sqrt(v̂) = sqrt(v) / sqrt(bias2) and m̂ = m / bias1 (bias terms are scalars)
+            update = xp.sqrt(v)
+            update /= math.sqrt(bias2)
+            update += self.eps
+            xp.divide(m, update, out=update)
+            update *= lr / bias1
+            p -= update
 
     def add_param(self, name, p, decay=None):
         xp = array_module(p)

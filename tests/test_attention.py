@@ -167,7 +167,8 @@ def test_self_attention_gradient(window, use_kernel):
     B, T, C, H, Hkv = 2, 5, 8, 4, 2
     D = C // H
     x = rng.standard_normal((B, T, C))
-    weights = [rng.standard_normal(shape) * 0.5 for shape in ((H * D, C), (Hkv * D, C), (Hkv * D, C), (C, H * D))]
+    shapes = ((H * D, C), (Hkv * D, C), (Hkv * D, C), (C, H * D))          # wq, wk, wv, wo
+    weights = [rng.standard_normal(shape) * 0.5 for shape in shapes]
     cos, sin = rope_cos_sin(T, D, theta=10000.0, dtype=np.float64)
     dy = rng.standard_normal((B, T, C))
 

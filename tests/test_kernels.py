@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from mini_llm.model.attention import (
-    attention_backward, attention_forward, attention_reference_backward, attention_reference_forward, window_mask)
+    attention_backward, attention_forward, attention_reference_backward, attention_reference_forward,
+    window_mask)
 from mini_llm.model.kernels import sliding_window_attention_backward, sliding_window_attention_forward
 
 CASES = [  # (B, T, H, Hkv, D, W)
@@ -65,7 +66,7 @@ def test_lse_is_the_log_sum_exp_of_the_window():
 
 def test_kernel_accepts_strided_inputs():
     q, k, v, dout = random_inputs(2, 16, 4, 4, 8, np.float64)
-    q_strided = np.ascontiguousarray(q.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)   # same values, other strides
+    q_strided = np.ascontiguousarray(q.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)   # other strides
     out, lse = sliding_window_attention_forward(q_strided, k, v, 3)
     out_ref, _ = attention_reference_forward(q, k, v, 3)
     assert_close(out, out_ref, 1e-12, "out")
@@ -80,7 +81,8 @@ def test_dispatcher_picks_the_kernel_for_numpy_and_a_window():
     assert attention_forward(q, k, v, None, use_kernel=True)[1][0] == "kernel"
     out_ref, cache_ref = attention_forward(q, k, v, 6, use_kernel=False)
     assert_close(out, out_ref, 1e-5, "out")
-    for name, got, want in zip(("dq", "dk", "dv"), attention_backward(dout, cache), attention_backward(dout, cache_ref)):
+    grads, grads_ref = attention_backward(dout, cache), attention_backward(dout, cache_ref)
+    for name, got, want in zip(("dq", "dk", "dv"), grads, grads_ref):
         assert_close(got, want, 1e-5, name)
 
 

@@ -187,12 +187,13 @@ def _backward_dkdv(q, k, v, dout, lse, delta, window, scale, dk, dv):
 def _checked(q, k, v, window):
     """The effective window (T when None, at most T), after checking dtypes and shapes."""
     if q.dtype not in (np.float32, np.float64) or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"kernel needs float32 or float64 q, k, v of one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3] or q.shape[2] % k.shape[2]:
+        raise ValueError(f"kernel needs float32 or float64 q, k, v of one dtype, "
+                         f"got {q.dtype}, {k.dtype}, {v.dtype}")
+    B, T, H, D = q.shape
+    if k.shape != v.shape or k.shape[:2] != (B, T) or k.shape[3] != D or H % k.shape[2]:
         raise ValueError(f"attention shapes do not fit: q {q.shape}, k {k.shape}, v {v.shape}")
     if window is not None and (int(window) != window or window < 1):
         raise ValueError(f"sliding window must be None or an integer >= 1, got {window!r}")
-    T = q.shape[1]
     return T if window is None else min(int(window), T)
 
 

@@ -27,9 +27,12 @@ def embedding_backward(dx, cache):
     position that looked it up (a scatter-add: one id may appear many times)."""
     ids, weight_shape = cache
     xp = array_module(dx)
-    dweight = xp.zeros(weight_shape, dtype=dx.dtype)
-    xp.add.at(dweight, ids.reshape(-1), dx.reshape(-1, weight_shape[1]))
-    return dweight
+    V, C = weight_shape
+    # entry (r, c) of dweight is bin r*C + c of one flat histogram: bincount sums the weights
+    # that fall in each bin, a scatter-add about twice as fast as xp.add.at
+    bins = (ids.reshape(-1, 1) * C + xp.arange(C)).reshape(-1)          # (B*T*C,)
+    dweight = xp.bincount(bins, weights=dx.reshape(-1), minlength=V * C)  # float64 sums
+    return dweight.reshape(V, C).astype(dx.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,10 +130,12 @@ def swiglu_backward(dy, cache):
 
 
 def log_softmax(logits):
-    """Numerically stable log-softmax over the last axis."""
+    """Numerically stable log-softmax over the last axis: log p = (z - m) - log Σ exp(z - m),
+    m the row max. One (B, T, V) result, shifted in place (V is large: every copy counts)."""
     xp = array_module(logits)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))
+    logp = logits - logits.max(axis=-1, keepdims=True)
+    logp -= xp.log(xp.exp(logp).sum(axis=-1, keepdims=True))
+    return logp
 
 
 def cross_entropy_forward(logits, targets, ignore_index=-100):
