@@ -7,9 +7,11 @@ O(T·W·D)) against the dense NumPy reference (mini_llm/model/attention.py, O(T�
 
 Both sides run through attention_forward / attention_backward (use_kernel=True / False), the
 code path the model uses. For every T where dense runs, the two are first checked to agree
-(max |kernel - dense| / max |dense| of out, dq, dk, dv); then both are timed, runs interleaved,
-median of --repeats runs (dense gets at most --dense_repeats: it is slow at large T). The load
-average is printed before and after: other work on the machine slows both sides.
+(max |kernel - dense| / max |dense| of out, dq, dk, dv); then each side is timed, median of
+--repeats runs (dense: --dense_repeats, it is slow at large T). The two sides are timed in
+separate blocks, not interleaved: for a while after a BLAS call, OpenBLAS's worker threads keep
+spinning and take a core from the kernel's threads (on 2 cores that made the kernel 2x slower).
+The load average is printed before and after: other work on the machine slows both sides.
 Targets (from the issue): at T=4096 the kernel is >= 5x faster than dense, and the kernel's time
 grows no more than 9x from T=1024 to T=8192 (linear in T would be 8x).
 Dense at T=8192 holds several (B, H, T, T) float32 tensors of 1 GiB each (H=4): about 5 GiB.
@@ -38,10 +40,13 @@ def band_area(T, W):
     return T * (T + 1) // 2 if T <= W else T * W - W * (W - 1) // 2
 
 
-def seconds(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def median_ms(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
 
 
 def main():
@@ -55,7 +60,7 @@ def main():
     parser.add_argument("--window", type=int, default=256, help="W, sliding window (default 256)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per cell (default 5)")
     parser.add_argument("--dense_repeats", type=int, default=3,
-                        help="at most this many for dense (default 3)")
+                        help="timed runs of dense (default 3)")
     parser.add_argument("--max_dense_T", type=int, default=8192,
                         help="skip dense above this T (default 8192)")
     parser.add_argument("--quick", action="store_true", help="smoke run: T 256 512, 2 repeats")
@@ -66,7 +71,7 @@ def main():
     Hkv = args.kv_heads or H
     print(f"attention fwd+bwd, float32, B={B} H={H} Hkv={Hkv} D={D} W={W}, "
           f"numba threads {numba.get_num_threads()}, "
-          f"median of {args.repeats} (dense: {min(args.repeats, args.dense_repeats)})")
+          f"median of {args.repeats} runs (dense: {args.dense_repeats})")
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     rng = np.random.default_rng(0)
     rows = {}
@@ -74,9 +79,10 @@ def main():
         q = rng.standard_normal((B, T, H, D), dtype=np.float32)
         k, v = (rng.standard_normal((B, T, Hkv, D), dtype=np.float32) for _ in range(2))
         dout = rng.standard_normal((B, T, H, D), dtype=np.float32)
-        kernel_results = fwd_bwd(q, k, v, dout, W, True)              # warm-up (and compile)
+        dense_ms = None
         if T <= args.max_dense_T:
             dense_results = fwd_bwd(q, k, v, dout, W, False)          # warm-up, and the check
+            kernel_results = fwd_bwd(q, k, v, dout, W, True)
             errors = [float(np.abs(a - b).max() / np.abs(b).max())
                       for a, b in zip(kernel_results, dense_results)]
             print(f"check T={T}: max rel err out {errors[0]:.1e}  dq {errors[1]:.1e}  "
@@ -84,13 +90,10 @@ def main():
             if max(errors) > 1e-4:
                 sys.exit(f"kernel and dense disagree at T={T} (max rel err {max(errors):.1e}): not timing")
             del dense_results
-        # interleaved, so that both sides see the same load from anything else on the machine
-        dense_times, kernel_times = [], []
-        for r in range(args.repeats):
-            kernel_times.append(seconds(lambda: fwd_bwd(q, k, v, dout, W, True)))
-            if T <= args.max_dense_T and r < args.dense_repeats:
-                dense_times.append(seconds(lambda: fwd_bwd(q, k, v, dout, W, False)))
-        rows[T] = (1e3 * np.median(dense_times) if dense_times else None, 1e3 * np.median(kernel_times))
+            dense_ms = median_ms(lambda: fwd_bwd(q, k, v, dout, W, False), args.dense_repeats)
+        time.sleep(0.5)                   # let OpenBLAS's threads go idle (see the docstring)
+        fwd_bwd(q, k, v, dout, W, True)                               # warm-up (and compile)
+        rows[T] = (dense_ms, median_ms(lambda: fwd_bwd(q, k, v, dout, W, True), args.repeats))
 
     print(f"\n{'T':>6} | {'dense ms':>10} | {'kernel ms':>10} | {'speedup':>8}")
     for T, (dense_ms, kernel_ms) in rows.items():
