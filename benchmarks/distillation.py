@@ -47,6 +47,7 @@ PROSE_ROOTS = [Path("/usr/share/doc"), Path("/usr/share/common-licenses")]
 PROSE_SUFFIXES = {".txt", ".md", ".rst"}
 PROSE_NAMES = ("readme", "license", "licence", "copying", "copyright", "news", "authors", "thanks")
 MAX_FILE_BYTES = 512 * 1024          # bigger files are changelogs, symbol lists, API dumps
+SHINGLE_WORDS = 8                    # near-duplicate test: runs of this many words
 
 
 # ----------------------------------------------------------------------------- corpus
@@ -81,9 +82,18 @@ def is_prose(paragraph):
     return letters >= 0.75 * len(text) and plain >= 0.95 * len(text) and 3.0 <= mean_word <= 8.0
 
 
+def shingles(paragraph, n=SHINGLE_WORDS):
+    """The paragraph's lower-cased runs of n words, hashed: near-duplicates share most of them."""
+    words = paragraph.lower().split()
+    return {hashlib.blake2b(" ".join(words[i:i + n]).encode(), digest_size=8).digest()
+            for i in range(max(1, len(words) - n + 1))}
+
+
 def build_corpus(corpus_bytes, per_file_bytes, seed=0):
-    """Prose paragraphs from the machine's documentation, each distinct one once, at most
-    per_file_bytes from one file, until corpus_bytes; files visited in a seeded random order.
+    """Prose paragraphs from the machine's documentation, at most per_file_bytes from one file,
+    until corpus_bytes; files visited in a seeded random order. A paragraph is skipped when
+    more than half of its 8-word runs were seen before: license texts and release notes repeat with small
+    edits across packages, and the copies would leak from training into validation.
     Returns (paragraphs, number of files used)."""
     files = prose_files()
     random.Random(seed).shuffle(files)
@@ -95,10 +105,12 @@ def build_corpus(corpus_bytes, per_file_bytes, seed=0):
             continue
         taken = 0
         for paragraph in re.split(r"\n[ \t]*\n", text):
-            key = hashlib.sha1(" ".join(paragraph.lower().split()).encode()).digest()
-            if key in seen or not is_prose(paragraph):
+            if not is_prose(paragraph):
                 continue
-            seen.add(key)
+            runs = shingles(paragraph)
+            if 2 * len(runs & seen) > len(runs):
+                continue
+            seen |= runs
             paragraph = "\n".join(line.strip() for line in paragraph.strip().splitlines())
             paragraphs.append(paragraph)
             taken += len(paragraph) + 2

@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from mini_llm.backend import array_module
+from mini_llm.model import gpu_kernels
 from mini_llm.model.kernels import sliding_window_attention_backward, sliding_window_attention_forward
 from mini_llm.model.layers import linear_backward, linear_forward
 
@@ -152,17 +153,17 @@ def attention_reference_backward(dout, cache):
 def attention_forward(q, k, v, window, use_kernel=None):
     """Same contract as attention_reference_forward. use_kernel: None picks the Numba kernel
     when the arrays are NumPy and there is a window (dense is fine for full causal attention);
-    True forces the kernel (NumPy only), False forces the reference."""
+    True forces the kernel (Numba on NumPy arrays, CUDA on CuPy arrays), False the reference."""
     xp = array_module(q, k, v)
     if use_kernel is None:
         use_kernel = xp is np and window is not None
     if not use_kernel:
         out, cache = attention_reference_forward(q, k, v, window)
         return out, ("reference", cache)
-    if xp is not np:
-        raise ValueError("use_kernel=True needs NumPy arrays: the Numba kernel runs on the CPU only")
     _kv_group(q, k, v)
-    out, lse = sliding_window_attention_forward(q, k, v, window)
+    # CuPy arrays: the CUDA kernel of gpu_kernels.py, opt-in until it has run on a GPU
+    forward = sliding_window_attention_forward if xp is np else gpu_kernels.sliding_window_attention_forward
+    out, lse = forward(q, k, v, window)
     return out, ("kernel", (q, k, v, out, lse, window))
 
 
@@ -172,7 +173,9 @@ def attention_backward(dout, cache):
     if path == "reference":
         return attention_reference_backward(dout, inner)
     q, k, v, out, lse, window = inner
-    return sliding_window_attention_backward(dout, q, k, v, out, lse, window)
+    backward = (sliding_window_attention_backward if array_module(q) is np
+                else gpu_kernels.sliding_window_attention_backward)
+    return backward(dout, q, k, v, out, lse, window)
 
 
 # ---------------------------------------------------------------------------------------------
