@@ -24,11 +24,13 @@ from training.teachers import check_vocab, parse_layer_map, same_tokenizer
 
 @dataclass
 class DistillConfig:
-    ce_weight: float = 1.0              # cross-entropy on the real next tokens
-    kl_weight: float = 1.0              # KL to each teacher's softened distribution
+    # defaults measured with benchmarks/distillation.py: ce 0.2 / kl 0.8 at tau 1 closed 76% of
+    # the scratch->teacher perplexity gap in 300 steps, ce 1 / kl 1 at tau 2 only 2%
+    ce_weight: float = 0.2              # cross-entropy on the real next tokens
+    kl_weight: float = 0.8              # KL to each teacher's softened distribution
     hidden_weight: float = 0.0          # hidden-state matching through learned projections
     contrastive_weight: float = 0.0     # InfoNCE on the same projected states
-    temperature: float = 2.0            # tau: softens both distributions; KL is scaled by tau²
+    temperature: float = 1.0            # tau: softens both distributions; KL is scaled by tau²
     kl_direction: str = "forward"       # "forward" KL(t‖s), mean-seeking; "reverse" KL(s‖t), mode-seeking
     hidden_loss: str = "mse"            # "mse" or "cosine"
     contrastive_temperature: float = 0.1
