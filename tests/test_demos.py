@@ -6,6 +6,7 @@ tmp_path; `--plot` is added when matplotlib is installed, and then the PNG must 
 """
 import ast
 import importlib.util
+import math
 import re
 from pathlib import Path
 
@@ -184,3 +185,11 @@ def test_links_between_notes_resolve():
             target = target or note.name
             assert target in anchors, f"{note.name} links to missing docs/{target}"
             assert not anchor or anchor in anchors[target], f"{note.name} links to missing #{anchor} in {target}"
+
+
+def test_mock_training_demo_runs(capsys):
+    from training import mock_training_demo
+    ppl = mock_training_demo.main(steps=3, teacher_steps=3)
+    assert set(ppl) == {"teacher", "student alone", "student distilled"}
+    assert all(math.isfinite(v) and v > 1 for v in ppl.values())
+    assert "student distilled" in capsys.readouterr().out
