@@ -20,7 +20,6 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 
 from mini_llm import backend
 from mini_llm.checkpoint import CheckpointError

@@ -61,8 +61,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))         # train_step.py
 from mini_llm import backend  # noqa: E402
 from mini_llm.model import attention, gpu_kernels, layers  # noqa: E402
 from mini_llm.model.transformer import MiniTransformer, TransformerConfig  # noqa: E402
-from mini_llm.optim import AdamW, decays  # noqa: E402
-from train_step import OPTIM, band_area, flops_per_step, ours_step_fn  # noqa: E402
+from mini_llm.optim import AdamW  # noqa: E402
+from train_step import OPTIM, band_area, flops_per_step, ours_step_fn, torch_model, torch_step_fn  # noqa: E402
 
 CONFIG = dict(vocab_size=32000, hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=12,
               intermediate_size=3072, max_seq_length=1024, sliding_window=512)
@@ -118,74 +118,7 @@ def matmul_tflops(n=8192, repeats=10):
 
 
 # ---------------------------------------------------------------------------------------------
-# (a) The same model in PyTorch, on the GPU (train_step.py's module, moved to a device)
-
-
-def torch_model(torch, params, config, seq, device):
-    """The Mistral decoder in torch ops, holding float32 copies of `params` on `device`."""
-    F = torch.nn.functional
-    c = config
-    H, Hkv, D = c.num_heads, c.num_kv_heads, c.head_size
-    cos, sin = (torch.tensor(a, device=device)
-                for a in attention.rope_cos_sin(c.max_seq_length, D, c.rope_theta, np.float32))
-    band = torch.tensor(attention.window_mask(seq, seq, c.sliding_window), device=device)  # True = visible
-
-    def rmsnorm(x, w):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + c.norm_eps) * w
-
-    def rope(x, T):                                                     # x (B, H, T, D)
-        x1, x2 = x[..., :D // 2], x[..., D // 2:]
-        return x * cos[:T] + torch.cat([-x2, x1], dim=-1) * sin[:T]
-
-    class Mistral(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.ParameterDict({
-                n.replace(".", "/"): torch.nn.Parameter(torch.tensor(backend.to_host(p), device=device))
-                for n, p in params.items()})
-
-        def forward(self, ids):
-            w = lambda name: self.w[name.replace(".", "/")]             # noqa: E731
-            B, T = ids.shape
-            x = w("model.embed_tokens.weight")[ids]                     # (B, T, C)
-            for i in range(c.num_layers):
-                p = f"model.layers.{i}."
-                h = rmsnorm(x, w(p + "input_layernorm.weight"))
-                q = (h @ w(p + "self_attn.q_proj.weight").T).view(B, T, H, D).transpose(1, 2)
-                k = (h @ w(p + "self_attn.k_proj.weight").T).view(B, T, Hkv, D).transpose(1, 2)
-                v = (h @ w(p + "self_attn.v_proj.weight").T).view(B, T, Hkv, D).transpose(1, 2)
-                q, k = rope(q, T), rope(k, T)
-                k, v = k.repeat_interleave(H // Hkv, dim=1), v.repeat_interleave(H // Hkv, dim=1)
-                a = F.scaled_dot_product_attention(q, k, v, attn_mask=band[:T, :T])   # (B, H, T, D)
-                x = x + a.transpose(1, 2).reshape(B, T, H * D) @ w(p + "self_attn.o_proj.weight").T
-                h = rmsnorm(x, w(p + "post_attention_layernorm.weight"))
-                gate, up = h @ w(p + "mlp.gate_proj.weight").T, h @ w(p + "mlp.up_proj.weight").T
-                x = x + (F.silu(gate) * up) @ w(p + "mlp.down_proj.weight").T
-            x = rmsnorm(x, w("model.norm.weight"))
-            return x @ w("lm_head.weight").T                            # (B, T, V)
-
-    return Mistral()
-
-
-def torch_step_fn(torch, model, ids, device):
-    """One PyTorch step: the same loss, torch.optim.AdamW with the same decay groups."""
-    named = {n.replace("/", "."): p for n, p in model.w.items()}
-    decay = [p for n, p in named.items() if decays(n, tuple(p.shape))]
-    no_decay = [p for n, p in named.items() if not decays(n, tuple(p.shape))]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": OPTIM["weight_decay"]},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=OPTIM["lr"], betas=OPTIM["betas"], eps=OPTIM["eps"])
-    ids = torch.tensor(ids, device=device)
-    inputs, targets = ids[:, :-1], ids[:, 1:]
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        logits = model(inputs)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        loss.backward()
-        optimizer.step()
-        return loss.item()
-    return step
+# (a) The same model in PyTorch: train_step.py's torch_model, built on the GPU
 
 
 def train_step_rows(args, torch, config, seq, batch):

@@ -55,6 +55,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # run from anywhere, no install
+from mini_llm import backend  # noqa: E402
 from mini_llm.model import attention, layers  # noqa: E402
 from mini_llm.model.transformer import MiniTransformer, TransformerConfig  # noqa: E402
 from mini_llm.optim import AdamW, decays  # noqa: E402
@@ -82,13 +83,14 @@ def ours_step_fn(model, optimizer, ids):
     return step
 
 
-def torch_model(torch, params, config):
-    """The same Mistral decoder in torch ops, holding copies of `params` (float32)."""
+def torch_model(torch, params, config, seq=SEQ, device="cpu"):
+    """The Mistral decoder in torch ops, holding float32 copies of `params` on `device`."""
     F = torch.nn.functional
     c = config
     H, Hkv, D = c.num_heads, c.num_kv_heads, c.head_size
-    cos, sin = (torch.tensor(a) for a in attention.rope_cos_sin(c.max_seq_length, D, c.rope_theta, np.float32))
-    band = torch.tensor(attention.window_mask(SEQ, SEQ, c.sliding_window))   # (T, T) True = visible
+    cos, sin = (torch.tensor(a, device=device)
+                for a in attention.rope_cos_sin(c.max_seq_length, D, c.rope_theta, np.float32))
+    band = torch.tensor(attention.window_mask(seq, seq, c.sliding_window), device=device)  # True = visible
 
     def rmsnorm(x, w):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + c.norm_eps) * w
@@ -100,8 +102,9 @@ def torch_model(torch, params, config):
     class Mistral(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.w = torch.nn.ParameterDict({n.replace(".", "/"): torch.nn.Parameter(torch.tensor(p))
-                                             for n, p in params.items()})
+            self.w = torch.nn.ParameterDict({
+                n.replace(".", "/"): torch.nn.Parameter(torch.tensor(backend.to_host(p), device=device))
+                for n, p in params.items()})
 
         def forward(self, ids):
             w = lambda name: self.w[name.replace(".", "/")]             # noqa: E731
@@ -126,7 +129,7 @@ def torch_model(torch, params, config):
     return Mistral()
 
 
-def torch_step_fn(torch, model, ids):
+def torch_step_fn(torch, model, ids, device="cpu"):
     """One PyTorch step: the same loss, torch.optim.AdamW with the same decay groups."""
     named = {n.replace("/", "."): p for n, p in model.w.items()}
     decay = [p for n, p in named.items() if decays(n, tuple(p.shape))]
@@ -134,7 +137,7 @@ def torch_step_fn(torch, model, ids):
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": OPTIM["weight_decay"]},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=OPTIM["lr"], betas=OPTIM["betas"], eps=OPTIM["eps"])
-    ids = torch.tensor(ids)
+    ids = torch.tensor(ids, device=device)
     inputs, targets = ids[:, :-1], ids[:, 1:]
 
     def step():
