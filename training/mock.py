@@ -38,7 +38,9 @@ def build_mock_transformer_teacher(student_config, tokenizer, train_seq, out_dir
         model = MiniTransformer(config, seed=seed + 1)
         print(f"mock teacher: training a {model.num_parameters():,}-parameter model "
               f"({config.num_layers} layers, width {config.hidden_size}) for {steps} steps")
-        kt = KnowledgeTransfer(model, [], DistillConfig(kl_weight=0.0), lr=lr, seed=seed)
+        # labels only; the CE scale 0.2 trains it better than 1.0 under the global-norm clip
+        # (measured on the sample text: val ppl 43.0 vs 49.3)
+        kt = KnowledgeTransfer(model, [], DistillConfig(ce_weight=0.2, kl_weight=0.0), lr=lr, seed=seed)
         _, interrupted = train(kt, train_seq, [], steps, batch_size, lr,
                                warmup_steps=max(1, steps // 10), seed=seed + 1, desc="mock teacher")
         if interrupted:                  # never cache a half-trained teacher under the full fingerprint
