@@ -59,8 +59,7 @@ def parse_args(argv=None):
     g.add_argument("--batch_size", type=int)
     g.add_argument("--num_epochs", type=int)
     g.add_argument("--max_steps", type=int, help="optimizer steps (default: from num_epochs)")
-    g.add_argument("--learning_rate", type=float, default=3e-3 if "--use_mock" in (argv or sys.argv) else 6e-4,
-                   help="peak learning rate (default: %(default)s)")
+    g.add_argument("--learning_rate", type=float, help="peak learning rate (default: 6e-4, or 3e-3 with --use_mock)")
     g.add_argument("--warmup_steps", type=int, default=10, help="default: %(default)s")
     g.add_argument("--grad_accum_steps", type=int, default=1, help="default: %(default)s")
     g.add_argument("--weight_decay", type=float, default=0.1, help="default: %(default)s")
@@ -96,6 +95,8 @@ def parse_args(argv=None):
     for name, (default, mock_default) in SIZES.items():
         if getattr(args, name) is None:
             setattr(args, name, mock_default if args.use_mock else default)
+    if args.learning_rate is None:
+        args.learning_rate = 3e-3 if args.use_mock else 6e-4
     if args.hidden_weight is None:
         args.hidden_weight = 0.5 if args.use_mock else 0.0
     if args.num_kv_heads is None:
