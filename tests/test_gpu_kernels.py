@@ -23,6 +23,7 @@ import pytest
 from mini_llm.model import gpu_kernels, layers
 from mini_llm.model.attention import attention_reference_backward, attention_reference_forward, window_mask
 from mini_llm.optim import AdamW
+from tests.test_kernels import TOLERANCE, random_inputs   # the Numba kernel's tests: same inputs, same bounds
 
 try:
     import cupy
@@ -43,18 +44,6 @@ CASES = [  # (B, T, H, Hkv, D, W)
     (1, 100, 2, 1, 8, 18),     # key 63 is last seen by query 80, the first row of a new chunk
     (1, 45, 2, 1, 256, 20),    # the largest head_dim: float64 stages 8 rows at a time, not 16
 ]
-TOLERANCE = {np.float64: 1e-10, np.float32: 1e-5}
-
-
-def random_inputs(B, T, H, Hkv, D, dtype, seed=0):
-    rng = np.random.default_rng(seed)
-    q = rng.standard_normal((B, T, H, D)).astype(dtype)
-    k = rng.standard_normal((B, T, Hkv, D)).astype(dtype)
-    v = rng.standard_normal((B, T, Hkv, D)).astype(dtype)
-    dout = rng.standard_normal((B, T, H, D)).astype(dtype)
-    return q, k, v, dout
-
-
 def assert_close(array, expected, rtol, name):
     """max |array - expected| / max |expected| < rtol, after checking shape and dtype (array:
     NumPy or CuPy)."""
