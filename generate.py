@@ -4,7 +4,9 @@
         --max_new_tokens 100 --temperature 0.8 --top_k 40 --top_p 0.95 --seed 1
 
 --temperature 0 is greedy decoding. --no_cache recomputes the whole context every step (the
-slow reference the KV cache is checked against); tok/s is printed for comparison.
+slow reference the KV cache is checked against); tok/s is printed for comparison. A model
+without a sliding window stops when prompt + new tokens fill its max_seq_length, and a `note:`
+line on stderr says so; a prompt longer than that is an error.
 """
 import argparse
 import sys
@@ -15,7 +17,7 @@ import numpy as np
 from evaluate import load_checkpoint
 from mini_llm import backend
 from mini_llm.checkpoint import CheckpointError
-from mini_llm.generate import generate
+from mini_llm.generate import STOP_CONTEXT_LIMIT, generate
 
 
 def main(argv=None):
@@ -37,14 +39,18 @@ def main(argv=None):
         if not prompt:
             raise ValueError("the prompt is empty")
         start = time.perf_counter()
-        ids = generate(model, np.array([prompt]), args.max_new_tokens, args.temperature, args.top_k,
-                       args.top_p, args.seed, use_cache=not args.no_cache, eos_id=tokenizer.eos_id)
+        ids, stop_reason = generate(model, np.array([prompt]), args.max_new_tokens, args.temperature,
+                                    args.top_k, args.top_p, args.seed, use_cache=not args.no_cache,
+                                    eos_id=tokenizer.eos_id, return_stop_reason=True)
         seconds = time.perf_counter() - start
     except (ValueError, CheckpointError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     new = ids.shape[1] - len(prompt)
     print(tokenizer.decode(ids[0].tolist()))
+    if stop_reason == STOP_CONTEXT_LIMIT:
+        print(f"note: stopped at the model's context limit (max_seq_length="
+              f"{model.config.max_seq_length}) after {new} new tokens", file=sys.stderr)
     print(f"--- {new} tokens in {seconds:.2f} s ({new / max(seconds, 1e-9):.1f} tok/s, "
           f"{'no cache' if args.no_cache else 'KV cache'})", file=sys.stderr)
     return 0

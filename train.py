@@ -10,6 +10,14 @@ Examples
         --teacher llama:teacher_dir --kl_weight 1 --hidden_weight 0.5 --sliding_window 128
     python train.py --output_dir out --resume        # continue where out/checkpoint stopped
 
+The loss. Without a teacher: plain training, loss = ce_weight · CE with ce_weight 1.
+With teachers (--teacher, or the stand-ins of --use_mock):
+    loss = ce_weight · CE + Σ_teachers weight · (kl_weight · KL + hidden_weight · hidden
+                                                 + contrastive_weight · InfoNCE)
+with the distillation defaults ce_weight 0.2, kl_weight 0.8, temperature 1, forward KL,
+hidden_weight 0 (0.5 with --use_mock), contrastive_weight 0. A teacher with another tokenizer
+contributes through ULD in place of the KL (--cross_vocab). The logged "total" is the loss.
+
 Writes to --output_dir: checkpoint/ (model, tokenizer, optimizer state), metrics.jsonl,
 loss_curve.png (when matplotlib is installed). Errors in the input are one line, exit code 2.
 """
@@ -28,8 +36,8 @@ from mini_llm.model.transformer import MiniTransformer, TransformerConfig
 from tokenizer.bpe_tokenizer import BPETokenizer
 from training import mock
 from training.data import encode_documents, load_texts, make_sequences, split_train_val
-from training.knowledge_transfer import DistillConfig, KnowledgeTransfer
-from training.loop import evaluate, train
+from training.knowledge_transfer import DISTILL_CE_WEIGHT, DistillConfig, KnowledgeTransfer
+from training.loop import TrainConfig, evaluate, make_optimizer, train
 from training.run_checkpoint import load_run_state, save_run
 from training.teachers import (TeacherOutputCache, load_flux_teacher, load_llama_teacher,
                                parse_teacher_spec, sequences_fingerprint)
@@ -70,8 +78,10 @@ def parse_args(argv=None):
     g.add_argument("--teacher", action="append", default=[], metavar="KIND:PATH[:WEIGHT]",
                    help="llama|mistral|flux|ngram; repeatable (e.g. llama:models/tiny:0.5)")
     d = DistillConfig()
-    g.add_argument("--ce_weight", type=float, default=d.ce_weight, help="default: %(default)s")
-    g.add_argument("--kl_weight", type=float, default=d.kl_weight, help="default: %(default)s")
+    g.add_argument("--ce_weight", type=float, help="weight of the cross-entropy on the labels "
+                   f"(default: 1 without teachers, {DISTILL_CE_WEIGHT} with teachers)")
+    g.add_argument("--kl_weight", type=float, default=d.kl_weight, help="weight of each teacher's "
+                   "KL (or ULD) term (default: %(default)s)")
     g.add_argument("--hidden_weight", type=float, default=None, help="default: 0, or 0.5 with --use_mock")
     g.add_argument("--contrastive_weight", type=float, default=d.contrastive_weight, help="default: %(default)s")
     g.add_argument("--temperature", type=float, default=d.temperature, help="default: %(default)s")
@@ -99,17 +109,28 @@ def parse_args(argv=None):
         args.learning_rate = 3e-3 if args.use_mock else 6e-4
     if args.hidden_weight is None:
         args.hidden_weight = 0.5 if args.use_mock else 0.0
+    if args.ce_weight is None:      # plain training: CE alone, weight 1; distillation: its default
+        args.ce_weight = DISTILL_CE_WEIGHT if has_teachers(args) else 1.0
+    if not args.ce_weight >= 0:
+        raise ValueError(f"--ce_weight must be >= 0, got {args.ce_weight}")
     if args.num_kv_heads is None:
         args.num_kv_heads = args.num_heads
     for name in ("batch_size", "num_epochs", "grad_accum_steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
     distill_config(args)            # bad weights fail here, before any training
+    if args.teacher_cache_topk and args.kl_direction != "forward":
+        raise ValueError("--teacher_cache_topk caches the target of the forward KL; it cannot "
+                         "serve --kl_direction reverse")
     return args
 
 
+def has_teachers(args):
+    return bool(args.use_mock or args.teacher)
+
+
 def distill_config(args):
-    return DistillConfig(ce_weight=args.ce_weight, kl_weight=args.kl_weight,
+    return DistillConfig(kl_weight=args.kl_weight,
                          hidden_weight=args.hidden_weight, contrastive_weight=args.contrastive_weight,
                          temperature=args.temperature, kl_direction=args.kl_direction,
                          hidden_loss=args.hidden_loss, cross_vocab=args.cross_vocab,
@@ -149,15 +170,16 @@ def build_teachers(args, tokenizer, train_seq, train_stream, config, out):
     return list(zip(teachers, weights))
 
 
-def attach_teacher_caches(kt, args, train_seq, out):
+def attach_teacher_caches(distiller, args, train_seq, out):
     """--teacher_cache_topk: offline top-k outputs on disk for teachers sharing the student's tokens."""
-    for link in kt.links:
+    for link in distiller.links:
         if link.same_tokens:
             name = link.teacher.name
-            link.cache = TeacherOutputCache(out / "teacher_cache" / name, name, args.teacher_cache_topk,
-                                            args.temperature, len(train_seq), train_seq.shape[1] - 1,
-                                            sequences_fingerprint(train_seq))
-            print(link.cache.message)
+            cache = TeacherOutputCache(out / "teacher_cache" / name, name, args.teacher_cache_topk,
+                                       args.temperature, len(train_seq), train_seq.shape[1] - 1,
+                                       sequences_fingerprint(train_seq))
+            distiller.attach_cache(link, cache)
+            print(cache.message)
 
 
 def save_loss_curve(metrics_path, png_path):
@@ -171,7 +193,8 @@ def save_loss_curve(metrics_path, png_path):
     rows = [json.loads(line) for line in open(metrics_path)]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([r["step"] for r in rows], [r["total"] for r in rows], label="train loss (total)")
-    ax.plot([r["step"] for r in rows], [r["ce"] for r in rows], label="train cross-entropy")
+    if any(r["total"] != r["ce"] for r in rows):          # distillation: the CE share apart
+        ax.plot([r["step"] for r in rows], [r["ce"] for r in rows], label="train cross-entropy")
     val = [r for r in rows if "val_loss" in r]
     ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation loss")
     ax.set_xlabel("step")
@@ -205,26 +228,27 @@ def run(args):
     print("config:", json.dumps(asdict(config)))
 
     teachers = build_teachers(args, tokenizer, train_seq, train_stream, config, out)
-    distill = distill_config(args)
     ckpt = out / "checkpoint"
     student = MiniTransformer.from_pretrained(ckpt) if args.resume else MiniTransformer(config, seed=args.seed)
-    kt = KnowledgeTransfer(student, teachers, distill, tokenizer, lr=args.learning_rate,
-                           weight_decay=args.weight_decay, grad_clip=args.grad_clip, seed=args.seed)
-    if args.teacher_cache_topk:
-        attach_teacher_caches(kt, args, train_seq, out)
-    start = load_run_state(ckpt, kt)["step"] if args.resume else 0
+    distill = distill_config(args) if teachers else None
+    distiller = KnowledgeTransfer(student, teachers, distill, tokenizer, seed=args.seed) if teachers else None
+    if args.teacher_cache_topk and distiller:
+        attach_teacher_caches(distiller, args, train_seq, out)
+    optimizer = make_optimizer(student, distiller, args.learning_rate, args.weight_decay)
+    proj_params = distiller.proj_params if distiller else {}
+    start = load_run_state(ckpt, optimizer, proj_params)["step"] if args.resume else 0
     metrics_path = out / "metrics.jsonl"
     if not args.resume:
         metrics_path.write_text("")
-    print(f"student: {student.num_parameters():,} parameters; {kt.optimizer.describe()}; "
+    print(f"student: {student.num_parameters():,} parameters; {optimizer.describe()}; "
           f"{len(teachers)} teacher(s): {', '.join(t.name for t, _ in teachers) or 'none'}")
+    print(f"loss: {loss_formula(args, distill)}")
     print(f"training steps {start}..{steps} ({steps_per_epoch} per epoch)")
-    meta = dict(args=vars(args), config=asdict(config), distill=asdict(distill))
-    save = lambda step: save_run(ckpt, kt, tokenizer, step, meta)
-    done, interrupted = train(
-        kt, train_seq, val_seq, steps, args.batch_size, args.learning_rate, args.warmup_steps,
-        args.grad_accum_steps, args.seed, start, args.eval_every, args.save_every, save,
-        metrics_path, desc="student")
+    run_config = train_config(args, steps, args.ce_weight)
+    meta = dict(args=vars(args), config=asdict(config), distill=asdict(distill) if distill else None)
+    save = lambda step: save_run(ckpt, student, optimizer, proj_params, tokenizer, step, meta)
+    done, interrupted = train(student, optimizer, train_seq, val_seq, run_config, distiller, start,
+                              save, metrics_path, desc="student")
     save(done)
     if interrupted:
         print(f"interrupted: checkpoint of step {done} saved to {ckpt}; continue with --resume")
@@ -232,25 +256,49 @@ def run(args):
     print(f"checkpoint saved to {ckpt}")
     png = save_loss_curve(metrics_path, out / "loss_curve.png")
     print(f"metrics: {metrics_path}" + (f", plot: {png}" if png else ""))
-    report(args, kt, tokenizer, train_seq, val_seq, steps, config)
+    report(args, student, distiller, tokenizer, train_seq, val_seq, steps, config)
     return 0
 
 
-def report(args, kt, tokenizer, train_seq, val_seq, steps, config):
-    """The closing table of validation perplexities, and a generated sample."""
+def train_config(args, steps, ce_weight):
+    return TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.learning_rate,
+                       warmup_steps=args.warmup_steps, grad_accum_steps=args.grad_accum_steps,
+                       ce_weight=ce_weight, grad_clip=args.grad_clip, seed=args.seed,
+                       eval_every=args.eval_every, save_every=args.save_every)
+
+
+def loss_formula(args, distill):
+    """The loss this run minimises, with its weights, e.g. `1·CE` or `0.2·CE + Σ_t w_t·(0.8·KL)`."""
+    formula = f"{args.ce_weight:g}·CE"
+    if distill is None:
+        return formula + " (plain training: no teacher)"
+    terms = [f"{distill.kl_weight:g}·KL({distill.kl_direction}, τ={distill.temperature:g})"]
+    if distill.hidden_weight:
+        terms.append(f"{distill.hidden_weight:g}·hidden_{distill.hidden_loss}")
+    if distill.contrastive_weight:
+        terms.append(f"{distill.contrastive_weight:g}·InfoNCE")
+    return formula + f" + Σ_teachers weight·({' + '.join(terms)})"
+
+
+def report(args, student, distiller, tokenizer, train_seq, val_seq, steps, config):
+    """The closing table of validation perplexities, and a generated sample. With
+    --compare_baseline the same student is also trained without teachers, on CE weight 1 (plain
+    training) and, when the run's CE weight differs, on that same CE scale too."""
     rows = []
-    for link in kt.links:
+    for link in distiller.links if distiller else []:
         if link.same_tokens:                    # perplexities compare only on the same tokens
             teacher_logits = lambda ids: link.teacher.forward(ids)[0]
             rows.append((f"teacher {link.teacher.name}", math.exp(evaluate(teacher_logits, val_seq))))
-    rows.append(("student (distilled)" if kt.links else "student", math.exp(evaluate(kt.student, val_seq))))
+    rows.append(("student (distilled)" if distiller else "student", math.exp(evaluate(student, val_seq))))
     if args.compare_baseline:
-        baseline = MiniTransformer(config, seed=args.seed)
-        base_kt = KnowledgeTransfer(baseline, [], DistillConfig(ce_weight=1.0), lr=args.learning_rate,
-                                    weight_decay=args.weight_decay, grad_clip=args.grad_clip, seed=args.seed)
-        train(base_kt, train_seq, val_seq, steps, args.batch_size, args.learning_rate,
-              args.warmup_steps, args.grad_accum_steps, args.seed, desc="baseline")
-        rows.append(("student without teachers (same steps)", math.exp(evaluate(baseline, val_seq))))
+        for ce_weight in sorted({1.0, args.ce_weight}, reverse=True):
+            baseline = MiniTransformer(config, seed=args.seed)
+            optimizer = make_optimizer(baseline, None, args.learning_rate, args.weight_decay)
+            run_config = train_config(args, steps, ce_weight)
+            run_config.eval_every = 0
+            train(baseline, optimizer, train_seq, val_seq, run_config, desc=f"baseline ce {ce_weight:g}")
+            rows.append((f"student without teachers (CE weight {ce_weight:g})",
+                         math.exp(evaluate(baseline, val_seq))))
     print("---")
     print(f"{'model':<40} {'val perplexity':>15}")
     for name, ppl in rows:
@@ -258,7 +306,7 @@ def report(args, kt, tokenizer, train_seq, val_seq, steps, config):
     print("---")
     prompt = val_seq[:1, :8]                             # the first tokens of the held-out text
     room = args.sample_tokens if config.sliding_window else config.max_seq_length - prompt.shape[1]
-    ids = generate(kt.student, prompt, min(args.sample_tokens, room), temperature=0.8, top_k=40,
+    ids = generate(student, prompt, min(args.sample_tokens, room), temperature=0.8, top_k=40,
                    seed=args.seed)
     print("sample:", tokenizer.decode(ids[0].tolist()))
     print("---")

@@ -19,8 +19,9 @@ NOT YET RUN: written on a machine without a GPU. Exits with one line when CuPy s
 (b) Sliding-window attention, forward + backward, float32, B=1, H=12, D=64, W=512, T=8192:
     gpu_kernels against the dense CuPy reference (attention_reference_forward / _backward,
     what attention_forward(use_kernel=False) runs), checked to agree first.
-(c) Model FLOPs utilisation: train_step.py's FLOPs count per step over (step time x the rate
-    of an 8192^3 CuPy float32 matmul measured in the same run, same TF32 setting).
+(c) Share of measured matmul throughput: train_step.py's FLOPs count per step over (step time x
+    the rate of an 8192^3 CuPy float32 matmul measured in the same run, same TF32 setting); a
+    share of what this GPU's matmul reached, not of its peak.
 (d) The fused elementwise kernels against the layers.py / optim.py array code on CuPy, at the
     training step's shapes, checked to agree first.
 
@@ -164,11 +165,12 @@ def train_step_rows(args, torch, config, seq, batch):
 
 def print_train_table(medians, flops, tflops, tokens):
     base = medians.get("PyTorch eager")
-    print(f"\n{'framework':<38} | {'ms/step':>9} | {'tokens/s':>9} | {'vs PyTorch':>10} | {'MFU':>6}")
+    share = "share of measured matmul (GPU)"
+    print(f"\n{'framework':<38} | {'ms/step':>9} | {'tokens/s':>9} | {'vs PyTorch':>10} | {share}")
     for name, sec in medians.items():
         ratio = f"{base / sec:9.2f}x" if base else f"{'-':>10}"
         print(f"{name:<38} | {1e3 * sec:9.1f} | {tokens / sec:9.0f} | {ratio} | "
-              f"{100 * flops / sec / (tflops * 1e12):5.1f}%")
+              f"{100 * flops / sec / (tflops * 1e12):{len(share) - 1}.1f}%")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,7 +326,7 @@ def main():
     free_memory(torch)
     print(f"(c) FLOPs/step = 6 * {n_matmul:,} * {batch * seq} + 12 * {config.num_layers} * {batch} * "
           f"{band_area(seq, config.sliding_window)} * {config.num_heads} * {config.head_size} "
-          f"= {flops / 1e9:.1f} GFLOP; MFU against the matmul rate above")
+          f"= {flops / 1e9:.1f} GFLOP; share of the measured matmul rate above")
     print_train_table(medians, flops, tflops, batch * seq)
 
     print("\n(b) sliding-window attention")

@@ -15,7 +15,9 @@ Timing: warm-up steps are not timed; then ours and theirs alternate, one step ea
 times; the table shows the median. Both sides use --threads threads: OpenBLAS (NumPy's matmuls),
 Numba, and torch.set_num_threads.
 
-Model FLOPs utilisation, MFU = model FLOPs per step / (step time * measured matmul rate):
+Share of measured matmul throughput (column "share of measured matmul (N thr)", N = --threads)
+= model FLOPs per step / (step time * measured matmul rate): how close a step comes to the rate
+this machine's np.matmul reaches with the same threads, not to the hardware's peak:
     FLOPs/step = 6 * N * B*T  +  12 * L * B * band(T, W) * H * D
 N: parameters that multiply activations (every weight matrix; not the embedding, a lookup, nor
 norm weights); 6 = 2 (multiply-add) * 3 (forward, and two matmuls in backward). The attention
@@ -323,10 +325,12 @@ def main():
           f"np.matmul 2048^3 float32: {gflops:.1f} GFLOP/s")
     medians = {name: float(np.median(t)) for name, t in times.items() if t}
     base = medians.get("PyTorch eager")
-    print(f"\n{'framework':<16} | {'ms/step (median)':>16} | {'tokens/s':>9} | {'ratio vs PyTorch':>16} | {'MFU':>6}")
+    share = f"share of measured matmul ({args.threads} thr)"
+    print(f"\n{'framework':<16} | {'ms/step (median)':>16} | {'tokens/s':>9} | {'ratio vs PyTorch':>16} | {share}")
     for name, sec in medians.items():
         ratio = f"{base / sec:15.2f}x" if base else f"{'-':>16}"
-        print(f"{name:<16} | {1e3 * sec:16.1f} | {tokens / sec:9.0f} | {ratio} | {100 * flops / sec / (gflops * 1e9):5.1f}%")
+        print(f"{name:<16} | {1e3 * sec:16.1f} | {tokens / sec:9.0f} | {ratio} | "
+              f"{100 * flops / sec / (gflops * 1e9):{len(share) - 1}.1f}%")
     print(f"(median of {steps} alternating steps each, after warm-up; ratio = tokens/s / PyTorch's; "
           f"target >= 0.8x)")
 

@@ -1,7 +1,7 @@
 """The teaching layer stays true: every demo runs (with tiny settings) and prints what it claims,
 and the derivation notes in docs/ name functions that exist and cover every backward.
 
-Demos are loaded from their files and their `main(argv)` is called in-process, writing to
+Demos (demos/*.py and tokenizer/demo_bpe.py) are loaded from their files and their `main(argv)` is called in-process, writing to
 tmp_path; `--plot` is added when matplotlib is installed, and then the PNG must exist.
 """
 import ast
@@ -18,18 +18,64 @@ DOCS = ROOT / "docs"
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
 
-def run_demo(name, args, tmp_path):
-    """Load demos/NAME.py as a module and call main(args + --out [+ --plot])."""
-    spec = importlib.util.spec_from_file_location(f"demo_{name}", ROOT / "demos" / f"{name}.py")
+def run_demo(name, args, tmp_path, path=None, png=None):
+    """Load demos/NAME.py (or PATH, relative to the repo root) as a module and call
+    main(args + --out [+ --plot]); with --plot, tmp_path/PNG (default NAME.png) must exist."""
+    spec = importlib.util.spec_from_file_location(f"demo_{name}", ROOT / (path or f"demos/{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     result = module.main(args + ["--out", str(tmp_path)] + (["--plot"] if HAS_MATPLOTLIB else []))
     if HAS_MATPLOTLIB:
-        assert (tmp_path / f"{name}.png").is_file()
+        assert (tmp_path / (png or f"{name}.png")).is_file()
     return result
 
 
 # ----------------------------------------------------------------------------- demos
+
+def run_demo_bpe(args, tmp_path):
+    return run_demo("bpe", args, tmp_path, path="tokenizer/demo_bpe.py", png="bpe_compression.png")
+
+
+def test_demo_bpe_merges_a_text_worked_by_hand(tmp_path, capsys):
+    # "ab ab ab ab" pre-tokenizes to "ab" + 3 x " ab": 11 bytes. (a, b) occurs 4 times, then
+    # (' ', 'ab') 3 times: 7 tokens, then 4 (one per chunk), and nothing is left to merge.
+    text = tmp_path / "tiny.txt"
+    text.write_text("ab ab ab ab", encoding="utf-8")
+    result = run_demo_bpe(["--text", str(text), "--merges", "5"], tmp_path)
+    out = capsys.readouterr().out
+    assert "training text: 11 bytes, 4 chunks, 2 distinct" in out
+    assert "merge 1/5: (97, 98) 'a' + 'b' -> 256 'ab'  count 4  | 7 tokens, 1.57 bytes/token" in out
+    assert "merge 2/5: (32, 256) ' ' + 'ab' -> 257 ' ab'  count 3  | 4 tokens, 2.75 bytes/token" in out
+    assert "every chunk is now one token: stopping after 2 merges" in out
+    assert result["merges"] == [(97, 98), (32, 256)]
+    assert result["ratios"] == [1.0, 11 / 7, 11 / 4]
+    assert "BPETokenizer.train (Numba) learned the same 2 merges: True" in out and result["same_merges"]
+
+
+def test_demo_bpe_built_in_text(tmp_path, capsys):
+    from tokenizer.bpe_tokenizer import BPETokenizer
+    from tokenizer.demo_bpe import BUILT_IN_TEXT as text
+    result = run_demo_bpe(["--merges", "12"], tmp_path)
+    out = capsys.readouterr().out
+    merges, ratios = result["merges"], result["ratios"]
+    assert len(merges) == 12 and len(ratios) == 13
+    assert all(a < b for a, b in zip(ratios, ratios[1:]))          # each merge shortens the text
+    assert "BPETokenizer.train (Numba) learned the same 12 merges: True" in out and result["same_merges"]
+    assert "round trip exact: True" in out and result["round_trip"]
+    # the printed compression of the training text is what the library's tokenizer gives
+    n_bytes, n_tokens = len(text.encode()), len(BPETokenizer(vocab_size=256 + 12 + 4).train(text).encode(text))
+    assert "merge 12/12: " in out and f"| {n_tokens} tokens, {n_bytes / n_tokens:.2f} bytes/token" in out
+    assert re.search(rf"training text\s+{n_bytes}\s+{n_tokens}\s+{n_bytes / n_tokens:.2f}", out)
+    assert ratios[-1] == pytest.approx(n_bytes / n_tokens)
+    assert f"  ids:    {result['ids']}" in out
+    assert (result["png"] is not None) == HAS_MATPLOTLIB
+
+
+def test_demo_bpe_refuses_bad_flags(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run_demo_bpe(["--merges", "0"], tmp_path)
+    assert "--merges must be at least 1, got 0" in capsys.readouterr().err
+
 
 def test_attention_patterns(tmp_path, capsys):
     result = run_demo("attention_patterns", ["--seq_len", "6", "--window", "3", "--layers", "3",

@@ -9,12 +9,14 @@ import pytest
 
 from mini_llm import backend
 
+# marked gpu before the import that may skip: under CI=true only gpu skips are allowed (conftest.py)
+pytestmark = [pytest.mark.gpu]
 cupy = pytest.importorskip("cupy")
 try:
     HAS_GPU = cupy.cuda.runtime.getDeviceCount() > 0
 except Exception:                       # no driver: the same as no GPU
     HAS_GPU = False
-pytestmark = pytest.mark.skipif(not HAS_GPU, reason="no GPU visible to CuPy")
+pytestmark.append(pytest.mark.skipif(not HAS_GPU, reason="no GPU visible to CuPy"))
 
 from mini_llm.model import layers                                      # noqa: E402
 from mini_llm.model.transformer import MiniTransformer, TransformerConfig  # noqa: E402

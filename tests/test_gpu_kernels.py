@@ -30,7 +30,12 @@ try:
     HAS_GPU = cupy.cuda.runtime.getDeviceCount() > 0
 except Exception:                       # no cupy, no driver: the same as no GPU
     cupy, HAS_GPU = None, False
-needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="no GPU visible to CuPy")
+
+
+def needs_gpu(test):
+    """Skip without a GPU, marked gpu: under CI=true only gpu tests may skip (conftest.py)."""
+    return pytest.mark.gpu(pytest.mark.skipif(not HAS_GPU, reason="no GPU visible to CuPy")(test))
+
 
 CASES = [  # (B, T, H, Hkv, D, W)
     (2, 37, 4, 2, 8, 5),       # GQA, window < T, one tile
@@ -69,6 +74,7 @@ def reference_lse(q, k, window):
 # Without a GPU
 
 
+@pytest.mark.gpu                 # it skips ON a GPU machine: a GPU skip all the same
 @pytest.mark.skipif(HAS_GPU, reason="checks the no-GPU error; a GPU is present")
 def test_without_a_gpu_the_module_imports_and_says_why_it_cannot_run():
     with pytest.raises(RuntimeError, match="gpu_kernels needs"):

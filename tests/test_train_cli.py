@@ -21,7 +21,7 @@ import train as cli
 from mini_llm import backend
 from mini_llm.checkpoint import load_training_state
 from mini_llm.model.transformer import MiniTransformer
-from training.knowledge_transfer import KnowledgeTransfer
+from mini_llm.optim import AdamW
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample_training.txt"
 TINY = ["--vocab_size", "300", "--hidden_size", "16", "--num_layers", "1", "--num_heads", "2",
@@ -123,6 +123,53 @@ def test_mock_run_writes_a_loadable_checkpoint_metrics_and_a_report(mock_run):
     assert re.search(r"\nsample: .+", printed)
 
 
+def test_mock_run_logs_the_loss_it_minimises(mock_run):
+    """With teachers the distillation defaults apply: total = 0.2 CE + Σ_t 1 · (0.8 KL_t
+    [+ 0.5 hidden_t]), and the log says so."""
+    out, _, printed = mock_run
+    assert "loss: 0.2·CE + Σ_teachers weight·(0.8·KL(forward, τ=1) + 0.5·hidden_mse)" in printed
+    for r in metrics(out):
+        expected = 0.2 * r["ce"] + 0.8 * r["kl.mock_llama"] + 0.5 * r["hidden.mock_llama"] + 0.8 * r["kl.ngram"]
+        assert r["total"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_plain_training_is_cross_entropy_with_weight_one(data, tmp_path):
+    """No teacher: the loss is the cross-entropy itself (weight 1), whatever the distillation
+    defaults are, and --compare_baseline's baseline is the same run."""
+    code, printed = run_cli(data, tmp_path, "--max_steps", 3, "--compare_baseline")
+    assert code == 0
+    assert "loss: 1·CE (plain training: no teacher)" in printed
+    rows = metrics(tmp_path)
+    assert rows and all(r["total"] == r["ce"] for r in rows)
+    assert not any(k.startswith(("kl.", "hidden.", "contrastive.")) for r in rows for k in r)
+    student = float(re.search(r"\nstudent\s+(\d+\.\d\d)\n", printed).group(1))
+    baseline = float(re.search(r"without teachers \(CE weight 1\)\s+(\d+\.\d\d)\n", printed).group(1))
+    assert student == baseline
+    assert "CE weight 0.2" not in printed
+
+
+def test_compare_baseline_reports_both_ce_scales(data, tmp_path):
+    code, printed = run_cli(data, tmp_path, "--use_mock", "--max_steps", 3, "--compare_baseline")
+    assert code == 0
+    table = printed.split("val perplexity")[1]
+    for name in ("student (distilled)", "student without teachers (CE weight 1)",
+                 "student without teachers (CE weight 0.2)"):
+        assert re.search(rf"{re.escape(name)}\s+\d+\.\d\d\n", table), name
+
+
+def test_distillation_flags_reach_the_config():
+    args = cli.parse_args(["--teacher", "ngram", "--temperature", "2.5", "--kl_direction", "reverse",
+                           "--kl_weight", "0.6", "--hidden_weight", "0.3", "--contrastive_weight", "0.2",
+                           "--hidden_loss", "cosine", "--cross_vocab", "--layer_map", '{"a": {"1": 1}}'])
+    config = cli.distill_config(args)
+    assert (config.temperature, config.kl_direction, config.kl_weight, config.hidden_weight,
+            config.contrastive_weight, config.hidden_loss, config.cross_vocab, config.layer_map) == \
+        (2.5, "reverse", 0.6, 0.3, 0.2, "cosine", True, '{"a": {"1": 1}}')
+    assert args.ce_weight == 0.2                             # a teacher: the distillation default
+    assert cli.parse_args([]).ce_weight == 1.0               # none: plain training
+    assert cli.parse_args(["--ce_weight", "0.5"]).ce_weight == 0.5
+
+
 # ----------------------------------------------------------------------------- resume
 
 def test_resume_continues_bit_for_bit(mock_run, data, tmp_path):
@@ -183,17 +230,17 @@ def interrupt_student_after(monkeypatch, steps):
     mock teacher's own training loop is left alone)."""
     real_train = cli.train
 
-    def train(kt, *args, desc="train", **kwargs):
+    def train(student, optimizer, *args, desc="train", **kwargs):
         if desc == "student":
             count = [0]
 
-            def apply(lr):
+            def step(params, grads, lr=None):
                 count[0] += 1
                 if count[0] == steps:
                     signal.raise_signal(signal.SIGINT)
-                return KnowledgeTransfer.apply(kt, lr)
-            kt.apply = apply
-        return real_train(kt, *args, desc=desc, **kwargs)
+                return AdamW.step(optimizer, params, grads, lr)
+            optimizer.step = step
+        return real_train(student, optimizer, *args, desc=desc, **kwargs)
     monkeypatch.setattr(cli, "train", train)
 
 
@@ -220,13 +267,13 @@ def test_ctrl_c_saves_the_step_and_resume_finishes_the_run(data, tmp_path, monke
 def test_ctrl_c_while_the_mock_teacher_trains_stops_the_run(data, tmp_path, monkeypatch):
     calls = [0]
 
-    def apply(self, lr):
+    def step(self, params, grads, lr=None):
         calls[0] += 1
         if calls[0] == 1:                                            # the mock teacher's first step
             signal.raise_signal(signal.SIGINT)
-        return real_apply(self, lr)
-    real_apply = KnowledgeTransfer.apply
-    monkeypatch.setattr(KnowledgeTransfer, "apply", apply)
+        return real_step(self, params, grads, lr)
+    real_step = AdamW.step
+    monkeypatch.setattr(AdamW, "step", step)
     code, _ = run_cli(data, tmp_path, "--use_mock")
     assert code == 130
     assert not (tmp_path / "mock_teacher" / "fingerprint.json").exists()

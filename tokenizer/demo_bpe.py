@@ -1,7 +1,7 @@
 """Watch byte-pair encoding learn, one merge at a time.
 
     python tokenizer/demo_bpe.py                    # built-in text, 40 merges
-    python tokenizer/demo_bpe.py --text my.txt --merges 200 --plot bpe.png
+    python tokenizer/demo_bpe.py --text my.txt --merges 200 --plot   # + demos/output/bpe_compression.png
 
 The loop below is the training algorithm itself (the same steps as
 `train_reference` in bpe_tokenizer.py), printed as it goes: count every
@@ -18,7 +18,8 @@ import sys
 
 import regex
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
 from tokenizer.bpe_tokenizer import (PATTERNS, BPETokenizer, get_pair_counts,  # noqa: E402
                                      merge_pair, read_text_file, render_token)
 
@@ -102,12 +103,14 @@ def length_table(tokenizer, texts):
         print(f"{name:<34} {n_bytes:>7} {n_tokens:>7} {n_bytes / max(n_tokens, 1):>12.2f}")
 
 
-def plot(ratios, path):
+def plot(ratios, out_dir):
+    """Vocabulary size vs compression, saved as OUT_DIR/bpe_compression.png; returns the path
+    (None without matplotlib)."""
     try:
         import matplotlib
     except ImportError:
         print("--plot: matplotlib is not installed; no plot written")
-        return
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -116,18 +119,24 @@ def plot(ratios, path):
     ax.set_ylabel("compression (bytes per token)")
     ax.set_title("BPE: compression grows with the vocabulary")
     fig.tight_layout()
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "bpe_compression.png")
     fig.savefig(path, dpi=120)
+    plt.close(fig)
     print(f"wrote {path}")
+    return path
 
 
-def main():
+def main(argv=None):
+    """Run the demo on argv (default sys.argv[1:]); returns what it printed, as numbers."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--text", help="UTF-8 text file to train on (default: built-in text)")
     parser.add_argument("--merges", type=int, default=40, help="number of merges (default 40)")
-    parser.add_argument("--plot", nargs="?", const="bpe_compression.png", metavar="PNG",
-                        help="write vocab size vs compression to PNG "
-                             "(default name bpe_compression.png; needs matplotlib)")
-    args = parser.parse_args()
+    parser.add_argument("--plot", action="store_true",
+                        help="write vocab size vs compression to OUT/bpe_compression.png (needs matplotlib)")
+    parser.add_argument("--out", default=os.path.join(REPO_ROOT, "demos", "output"),
+                        help="folder for the plot (default: %(default)s)")
+    args = parser.parse_args(argv)
     if args.merges < 1:
         parser.error(f"--merges must be at least 1, got {args.merges}")
     try:
@@ -149,8 +158,9 @@ def main():
     print(f"decode: {decoded}\n  round trip exact: {decoded == FINAL_SAMPLE}")
     length_table(tokenizer, [("training text", text), ("sample sentence", SAMPLE),
                              ("non-English + emoji sentence", FINAL_SAMPLE)])
-    if args.plot:
-        plot(ratios, args.plot)
+    png = plot(ratios, args.out) if args.plot else None
+    return {"merges": merges, "ratios": ratios, "same_merges": same, "ids": ids,
+            "round_trip": decoded == FINAL_SAMPLE, "png": png}
 
 
 if __name__ == "__main__":

@@ -1,32 +1,36 @@
-"""The knowledge-transfer system: one student, any number of teachers, one training step.
+"""The knowledge-transfer terms: one student, any number of teachers, what they add to the loss.
 
-    total = ce_weight · CE(labels)
-          + Σ_teachers weight_t · ( kl_weight · KL_t                 (or ULD_t across vocabularies)
-                                  + hidden_weight · hidden_t        (projected hidden states)
-                                  + contrastive_weight · InfoNCE_t )
+    loss = ce_weight · CE(labels)                                   (training/loop.py)
+         + Σ_teachers weight_t · ( kl_weight · KL_t                 (or ULD_t across vocabularies)
+                                 + hidden_weight · hidden_t        (projected hidden states)
+                                 + contrastive_weight · InfoNCE_t )  (this file)
 
-A step: every teacher's forward (inference only, or its cached top-k), the student's forward,
-the losses, their backwards into d(logits) and d(hidden state)s, the student's backward with
-those (`backward(dlogits, hidden_grads)`), the projections' gradients, then (in `apply`) the
-optimizer step. The losses themselves are in training/losses.py; the teachers in teachers.py.
+The training loop (training/loop.py) owns the step: batch, student forward, cross-entropy,
+then `KnowledgeTransfer.losses` for the teachers' terms, the student's backward, clip, AdamW.
+This file only says what the teachers add: every teacher's forward (inference only, or its
+cached top-k), the losses against the student's logits and hidden states, and their gradients:
+d(loss)/d(student logits), d(loss)/d(student hidden states) at the mapped layers (handed to
+`student.backward(dlogits, hidden_grads)`), and the gradients of the learned projections,
+which are parameters of their own (`proj_params`, `proj_grads`). The loss functions themselves
+are in training/losses.py; the teachers in teachers.py.
 """
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
 from mini_llm import backend
-from mini_llm.model import layers
-from mini_llm.optim import AdamW, clip_grad_norm
 from training import losses
 from training.teachers import check_vocab, parse_layer_map, same_tokenizer
+
+# The cross-entropy weight when a teacher is given (plain training uses 1). Measured with
+# benchmarks/distillation.py: ce 0.2 / kl 0.8 at tau 1 closed ~80% of the scratch->teacher
+# perplexity gap in 300 steps; ce 1 / kl 1 at tau 2 ended worse than scratch.
+DISTILL_CE_WEIGHT = 0.2
 
 
 @dataclass
 class DistillConfig:
-    # defaults measured with benchmarks/distillation.py: ce 0.2 / kl 0.8 at tau 1 closed 82% of
-    # the scratch->teacher perplexity gap in 300 steps; ce 1 / kl 1 at tau 2 ended worse than scratch
-    ce_weight: float = 0.2              # cross-entropy on the real next tokens
     kl_weight: float = 0.8              # KL to each teacher's softened distribution
     hidden_weight: float = 0.0          # hidden-state matching through learned projections
     contrastive_weight: float = 0.0     # InfoNCE on the same projected states
@@ -38,7 +42,7 @@ class DistillConfig:
     layer_map: Optional[str] = None     # JSON {"teacher": {"teacher layer": student layer}}; None = auto
 
     def validate(self):
-        for name in ("ce_weight", "kl_weight", "hidden_weight", "contrastive_weight"):
+        for name in ("kl_weight", "hidden_weight", "contrastive_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
         for name in ("temperature", "contrastive_temperature"):
@@ -49,6 +53,14 @@ class DistillConfig:
         if self.hidden_loss not in ("mse", "cosine"):
             raise ValueError(f"--hidden_loss must be mse or cosine, got {self.hidden_loss!r}")
         return self
+
+
+class DistillTerms(NamedTuple):
+    """What the teachers add to one micro-batch's loss (see KnowledgeTransfer.losses)."""
+    parts: dict          # unweighted values by name: {"kl.ngram": .., "hidden.llama": .., ...}
+    total: float         # Σ_t weight_t · Σ_terms term_weight · value  (what the loss adds)
+    dlogits: object      # scale · d(total)/d(student logits)            (b, T, V)
+    hidden_grads: dict   # {student hidden index: scale · d(total)/d(hidden state) (b, T, C)}
 
 
 class TeacherLink:
@@ -65,18 +77,17 @@ class TeacherLink:
 
 
 class KnowledgeTransfer:
-    """Runs distillation steps. Holds the student, the teacher links, the projection matrices
-    (their own parameters: `proj_params`, `proj_grads`) and one AdamW over both."""
+    """The teachers' side of a training step. Holds the teacher links and the projection
+    matrices (parameters of their own: `proj_params`, with gradients in `proj_grads`, which the
+    training loop's optimizer updates beside the student's)."""
 
-    def __init__(self, student, teachers, config, student_tokenizer=None, lr=3e-4,
-                 weight_decay=0.1, grad_clip=1.0, seed=0):
+    def __init__(self, student, teachers, config, student_tokenizer=None, seed=0):
         """teachers: list of (teacher, weight)."""
         self.student, self.config = student, config.validate()
-        self.tokenizer, self.grad_clip = student_tokenizer, grad_clip
+        self.tokenizer = student_tokenizer
         self.links = [self.link(t, w) for t, w in teachers]
         self.proj_params = self.init_projections(seed)
         self.proj_grads = {n: backend.xp().zeros_like(p) for n, p in self.proj_params.items()}
-        self.optimizer = AdamW({**student.params, **self.proj_params}, lr=lr, weight_decay=weight_decay)
 
     def link(self, teacher, weight):
         cfg, s_vocab = self.config, self.student.config.vocab_size
@@ -106,28 +117,40 @@ class KnowledgeTransfer:
                 params[link.proj_name(t_layer, s_layer)] = backend.to_device(w.astype(self.student.dtype))
         return params
 
-    # ----- one micro-batch: forward, losses, backward (gradients accumulate) --------------
+    def attach_cache(self, link, cache):
+        """Offline distillation: `link`'s teacher is read from `cache` (a TeacherOutputCache of
+        its top-k log-probabilities) instead of being run. The cache holds the target of the
+        forward KL at one temperature, so both must match this config."""
+        cfg = self.config
+        if cfg.kl_direction != "forward":
+            raise ValueError("the offline top-k cache gives the forward KL only, not "
+                             f"--kl_direction {cfg.kl_direction}")
+        if cache.meta["temperature"] != cfg.temperature:
+            raise ValueError(f"teacher cache at temperature {cache.meta['temperature']} cannot "
+                             f"serve --temperature {cfg.temperature}")
+        if not link.same_tokens:
+            raise ValueError(f"teacher {link.teacher.name} has another vocabulary: its top-k "
+                             "cannot be cached for the token-level KL")
+        link.cache = cache
 
-    def accumulate(self, batch, indices=None, scale=1.0):
-        """batch (b, T+1) token ids: inputs batch[:, :-1], targets batch[:, 1:]. Adds scale ·
-        d(total)/d(param) into the student's and projections' grads; returns every component."""
-        cfg, student = self.config, self.student
-        inputs, targets = batch[:, :-1], batch[:, 1:]
-        logits = student.forward(inputs)                                   # (b, T, V)
-        ce, ce_cache = layers.cross_entropy_forward(logits, backend.to_device(targets))
-        dlogits = layers.cross_entropy_backward(cfg.ce_weight * scale, ce_cache)
-        parts = {"ce": float(ce)}
-        total = cfg.ce_weight * float(ce)
-        hidden_grads = {}
+    # ----- one micro-batch: every teacher's terms and their gradients ---------------------
+
+    def losses(self, inputs, indices, student_logits, scale=1.0):
+        """The teachers' terms for one micro-batch, after the student's forward on `inputs`
+        (b, T) gave `student_logits` (b, T, V) and its hidden_states. `indices` (b,) name the
+        training sequences (for the offline cache). Adds scale · d(total)/d(projection) into
+        proj_grads and returns DistillTerms with scale · d(total)/d(logits, hidden states)."""
+        cfg = self.config
+        parts, total = {}, 0.0
+        dlogits, hidden_grads = backend.xp().zeros_like(student_logits), {}
         for link in self.links:
-            t_parts, d_student_logits = self.teacher_losses(link, inputs, indices, logits, hidden_grads, scale)
+            t_parts, t_dlogits = self.teacher_losses(link, inputs, indices, student_logits,
+                                                     hidden_grads, scale)
             for name, value in t_parts.items():
                 parts[f"{name}.{link.teacher.name}"] = value
                 total += link.weight * getattr(cfg, f"{name}_weight") * value
-            dlogits = dlogits + d_student_logits
-        student.backward(dlogits, hidden_grads=hidden_grads)
-        parts["total"] = total
-        return parts
+            dlogits += t_dlogits
+        return DistillTerms(parts, total, dlogits, hidden_grads)
 
     def teacher_losses(self, link, inputs, indices, student_logits, hidden_grads, scale):
         """The losses against one teacher. Returns ({"kl": .., "hidden": .., "contrastive": ..},
@@ -210,16 +233,3 @@ class KnowledgeTransfer:
             t_ids[b, :len(ids)], mask[b, :len(ids)] = ids, 1.0
         logits, _ = link.teacher.forward(t_ids)
         return backend.to_device(logits), backend.to_device(mask)
-
-    # ----- the optimizer step ------------------------------------------------------------
-
-    def apply(self, lr):
-        """Clip the global gradient norm (student + projections), take one AdamW step, zero the
-        grads. Returns the norm before clipping."""
-        grads = {**self.student.grads, **self.proj_grads}
-        norm = clip_grad_norm(grads, self.grad_clip)
-        self.optimizer.step({**self.student.params, **self.proj_params}, grads, lr=lr)
-        self.student.zero_grad()
-        for g in self.proj_grads.values():
-            g[...] = 0
-        return norm

@@ -1,5 +1,11 @@
 """The training loop, in one function, shared by train.py, the mock teacher and the benchmarks.
 
+Read `train` top to bottom, as in nanoGPT: for each step, for each micro-batch, the batch, the
+student's forward, the losses (cross-entropy on the labels, plus each teacher's terms when a
+KnowledgeTransfer is given), the backward; then clip the gradient norm and take one AdamW step.
+Plain training is the same loop without teachers: the loss is ce_weight · CE (weight 1 by
+default), and the logged loss is that loss. Distillation adds terms; it does not own the step.
+
 The batch order is a pure function of (seed, micro-batch number): micro-batch m of the run is
 batch m % n of epoch m // n, and each epoch's order is a permutation drawn from
 default_rng((seed, epoch)). So a run resumed at step s sees exactly the batches it would have
@@ -10,13 +16,29 @@ import json
 import math
 import signal
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
 
 from mini_llm import backend
 from mini_llm.model import layers
-from mini_llm.optim import get_lr
+from mini_llm.optim import AdamW, clip_grad_norm, get_lr
+
+
+@dataclass
+class TrainConfig:
+    steps: int                      # optimizer steps in the whole run
+    batch_size: int                 # sequences per micro-batch
+    lr: float                       # peak learning rate (warm-up, then cosine decay)
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1       # the cosine ends at lr · min_lr_ratio
+    grad_accum_steps: int = 1       # micro-batches per optimizer step
+    ce_weight: float = 1.0          # weight of the cross-entropy on the labels
+    grad_clip: float = 1.0          # max global gradient norm (0 = no clipping)
+    seed: int = 0                   # fixes the batch order
+    eval_every: int = 0             # validation every N steps (and at the last step); 0 = never
+    save_every: int = 0             # on_save(step) every N steps; 0 = never
 
 
 def micro_batch(sequences, m, batch_size, seed):
@@ -44,6 +66,47 @@ def evaluate(model, sequences, batch_size=16):
     return total / max(count, 1)
 
 
+def trainable(student, distiller=None):
+    """(params, grads): the student's, plus the distiller's projection matrices if any."""
+    params, grads = dict(student.params), dict(student.grads)
+    if distiller is not None:
+        params.update(distiller.proj_params)
+        grads.update(distiller.proj_grads)
+    return params, grads
+
+
+def make_optimizer(student, distiller=None, lr=3e-4, weight_decay=0.1):
+    """One AdamW over every trainable array: the student's and the projections'."""
+    params, _ = trainable(student, distiller)
+    return AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def forward_backward(student, batch, ce_weight=1.0, distiller=None, indices=None, scale=1.0):
+    """One micro-batch: forward, losses, backward. batch (b, T+1) token ids: inputs batch[:, :-1],
+    targets batch[:, 1:]. Adds scale · d(loss)/d(param) into the grads, where
+        loss = ce_weight · CE + (the teachers' terms, when a distiller is given).
+    Returns the loss components, unscaled: {"ce": .., "kl.NAME": .., ..., "total": loss}."""
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    logits = student.forward(inputs)                                        # (b, T, V)
+    ce, ce_cache = layers.cross_entropy_forward(logits, backend.to_device(targets))
+    dlogits = layers.cross_entropy_backward(ce_weight * scale, ce_cache)    # (b, T, V)
+    parts, total, hidden_grads = {"ce": float(ce)}, ce_weight * float(ce), {}
+    if distiller is not None:
+        terms = distiller.losses(inputs, indices, logits, scale)
+        parts.update(terms.parts)
+        total += terms.total
+        dlogits += terms.dlogits
+        hidden_grads = terms.hidden_grads
+    student.backward(dlogits, hidden_grads=hidden_grads)
+    parts["total"] = total
+    return parts
+
+
+def zero_grads(grads):
+    for g in grads.values():
+        g[...] = 0
+
+
 class StopFlag:
     """Turns Ctrl-C (SIGINT) into a flag the loop checks between steps."""
 
@@ -68,40 +131,47 @@ def log_line(step, parts, lr, ms):
     return f"step {step} | loss {parts['total']:.3f} | {comps} | lr {lr:.1e} | {ms:.0f} ms"
 
 
-def train(kt, train_seq, val_seq, steps, batch_size, lr, warmup_steps=0, grad_accum_steps=1,
-          seed=0, start_step=0, eval_every=0, save_every=0, on_save=None, metrics_path=None,
-          desc="train", min_lr_ratio=0.1):
-    """Run optimizer steps start_step..steps-1 of `kt` (a KnowledgeTransfer). Each step
-    accumulates grad_accum_steps micro-batches (each scaled 1/grad_accum_steps) and applies
-    one AdamW update. Evaluates every eval_every steps, calls on_save(step) every save_every.
-    Returns (last step done, interrupted?)."""
+def train(student, optimizer, train_seq, val_seq, config, distiller=None, start_step=0,
+          on_save=None, metrics_path=None, desc="train"):
+    """Run optimizer steps start_step..config.steps-1 on `student` (and the projections of
+    `distiller`, a KnowledgeTransfer, if given) with `optimizer` (see make_optimizer).
+    Evaluates every config.eval_every steps, calls on_save(step) every config.save_every,
+    appends one JSON line per step to metrics_path. Returns (last step done, interrupted?)."""
+    c = config
+    params, grads = trainable(student, distiller)
     metrics = open(metrics_path, "a") if metrics_path else None
     step = start_step
     try:
         with StopFlag() as flag:
-            bar = tqdm(range(start_step, steps), desc=desc, initial=start_step, total=steps,
+            bar = tqdm(range(start_step, c.steps), desc=desc, initial=start_step, total=c.steps,
                        dynamic_ncols=True, leave=False)
             for step in bar:
                 t0 = time.perf_counter()
-                step_lr = get_lr(step, lr, warmup_steps, steps, min_lr_ratio)
+                lr = get_lr(step, c.lr, c.warmup_steps, c.steps, c.min_lr_ratio)
                 parts = {}
-                for j in range(grad_accum_steps):
-                    indices, batch = micro_batch(train_seq, step * grad_accum_steps + j, batch_size, seed)
-                    for k, v in kt.accumulate(batch, indices, scale=1.0 / grad_accum_steps).items():
-                        parts[k] = parts.get(k, 0.0) + v / grad_accum_steps
-                grad_norm = kt.apply(step_lr)
+                for micro in range(c.grad_accum_steps):
+                    m = step * c.grad_accum_steps + micro
+                    indices, batch = micro_batch(train_seq, m, c.batch_size, c.seed)
+                    micro_parts = forward_backward(student, batch, c.ce_weight, distiller, indices,
+                                                   scale=1.0 / c.grad_accum_steps)
+                    for k, v in micro_parts.items():
+                        parts[k] = parts.get(k, 0.0) + v / c.grad_accum_steps
+                grad_norm = clip_grad_norm(grads, c.grad_clip)
+                optimizer.step(params, grads, lr=lr)
+                zero_grads(grads)
+
                 ms = 1000 * (time.perf_counter() - t0)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
-                record = {"step": step + 1, **parts, "lr": step_lr, "grad_norm": grad_norm, "ms": ms}
-                if eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps) and len(val_seq):
-                    record["val_loss"] = evaluate(kt.student, val_seq, batch_size)
+                record = {"step": step + 1, **parts, "lr": lr, "grad_norm": grad_norm, "ms": ms}
+                if c.eval_every and ((step + 1) % c.eval_every == 0 or step + 1 == c.steps) and len(val_seq):
+                    record["val_loss"] = evaluate(student, val_seq, c.batch_size)
                     record["val_ppl"] = math.exp(min(record["val_loss"], 50))
-                    tqdm.write(log_line(step + 1, parts, step_lr, ms) +
+                    tqdm.write(log_line(step + 1, parts, lr, ms) +
                                f" | val {record['val_loss']:.3f} | ppl {record['val_ppl']:.1f}")
                 if metrics:
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
-                if on_save and save_every and (step + 1) % save_every == 0:
+                if on_save and c.save_every and (step + 1) % c.save_every == 0:
                     on_save(step + 1)
                 if flag.stop:
                     return step + 1, True
@@ -109,4 +179,4 @@ def train(kt, train_seq, val_seq, steps, batch_size, lr, warmup_steps=0, grad_ac
     finally:
         if metrics:
             metrics.close()
-    return steps, False
+    return c.steps, False

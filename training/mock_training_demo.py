@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # run from anyw
 from mini_llm.model.transformer import MiniTransformer, TransformerConfig  # noqa: E402
 from tokenizer.bpe_tokenizer import BPETokenizer  # noqa: E402
 from training.data import encode_documents, load_texts, make_sequences, split_train_val  # noqa: E402
-from training.knowledge_transfer import DistillConfig, KnowledgeTransfer  # noqa: E402
-from training.loop import evaluate, train  # noqa: E402
+from training.knowledge_transfer import DISTILL_CE_WEIGHT, DistillConfig, KnowledgeTransfer  # noqa: E402
+from training.loop import TrainConfig, evaluate, make_optimizer, train  # noqa: E402
 from training.mock import mock_teacher_config  # noqa: E402
 from training.teachers import TransformerTeacher  # noqa: E402
 
@@ -37,18 +37,21 @@ def main(steps=90, teacher_steps=150, lr=3e-3, batch_size=16):
 
     # 2. the teacher learns from the labels only (no teachers of its own)
     teacher_model = MiniTransformer(mock_teacher_config(student_config), seed=1)
-    teacher_kt = KnowledgeTransfer(teacher_model, [], DistillConfig(ce_weight=1.0, kl_weight=0.0), lr=lr)
-    train(teacher_kt, train_seq, [], teacher_steps, batch_size, lr, warmup_steps=10, seed=1, desc="teacher")
+    plain = TrainConfig(steps=teacher_steps, batch_size=batch_size, lr=lr, warmup_steps=10, seed=1)
+    train(teacher_model, make_optimizer(teacher_model, lr=lr), train_seq, [], plain, desc="teacher")
     teacher = TransformerTeacher("teacher", "flux", teacher_model)
 
-    # 3. the same student (same seed, same batches) without and with the teacher
+    # 3. the same student (same seed, same batches) alone, then with the teacher:
+    #    alone:     loss = CE                 distilled: loss = 0.2 CE + 0.8 KL + 0.5 hidden
     results = {"teacher": evaluate(teacher_model, val_seq)}
-    for name, teachers, config in [
-            ("student alone", [], DistillConfig(ce_weight=1.0, kl_weight=0.0)),
-            ("student distilled", [(teacher, 1.0)], DistillConfig(hidden_weight=0.5))]:
+    for name, ce_weight, teachers in [("student alone", 1.0, []),
+                                      ("student distilled", DISTILL_CE_WEIGHT, [(teacher, 1.0)])]:
         student = MiniTransformer(student_config, seed=0)
-        kt = KnowledgeTransfer(student, teachers, config, tokenizer, lr=lr)
-        train(kt, train_seq, [], steps, batch_size, lr, warmup_steps=10, seed=0, desc=name)
+        distiller = KnowledgeTransfer(student, teachers, DistillConfig(hidden_weight=0.5),
+                                      tokenizer) if teachers else None
+        run = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=10,
+                          ce_weight=ce_weight, seed=0)
+        train(student, make_optimizer(student, distiller, lr), train_seq, [], run, distiller, desc=name)
         results[name] = evaluate(student, val_seq)
 
     # 4. perplexity = exp(mean cross-entropy) on text none of them trained on

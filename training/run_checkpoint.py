@@ -15,15 +15,17 @@ from mini_llm import backend
 from mini_llm.checkpoint import CheckpointError, load_training_state, save_training_state
 
 
-def save_run(directory, kt, tokenizer, step, meta):
+def save_run(directory, student, optimizer, proj_params, tokenizer, step, meta):
+    """Save the student, its tokenizer, the optimizer state and the distillation projections
+    (proj_params, {} without teachers) with meta (the step and the run's settings)."""
     directory = Path(directory)
     tmp, old = directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
-    kt.student.save_pretrained(tmp)
+    student.save_pretrained(tmp)
     tokenizer.save(tmp / "tokenizer.json")
-    arrays, opt_meta = kt.optimizer.state_dict()
+    arrays, opt_meta = optimizer.state_dict()
     arrays = {f"optim.{k}": backend.to_host(v) for k, v in arrays.items()}
-    arrays.update({k: backend.to_host(v) for k, v in kt.proj_params.items()})
+    arrays.update({k: backend.to_host(v) for k, v in proj_params.items()})
     save_training_state(tmp / "training_state.safetensors", arrays,
                         {**meta, "step": step, "optimizer": opt_meta})
     shutil.rmtree(old, ignore_errors=True)
@@ -33,18 +35,18 @@ def save_run(directory, kt, tokenizer, step, meta):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_run_state(directory, kt):
-    """Restore projections and optimizer state into kt (whose student was loaded from the same
-    folder). Returns the saved meta (with "step")."""
+def load_run_state(directory, optimizer, proj_params):
+    """Restore the projections (in place) and the optimizer state of a run whose student was
+    loaded from the same folder. Returns the saved meta (with "step")."""
     path = Path(directory) / "training_state.safetensors"
     if not path.is_file():
         raise CheckpointError(f"cannot resume: {path} not found (was the run saved?)")
     arrays, meta = load_training_state(path)
-    for name, p in kt.proj_params.items():
+    for name, p in proj_params.items():
         if name not in arrays or arrays[name].shape != p.shape:
             raise CheckpointError(f"cannot resume: {path} has no projection {name!r} of shape "
                                   f"{tuple(p.shape)} (different teachers or layer map?)")
         p[...] = arrays[name]
-    kt.optimizer.load_state_dict({k[len("optim."):]: v for k, v in arrays.items() if k.startswith("optim.")},
+    optimizer.load_state_dict({k[len("optim."):]: v for k, v in arrays.items() if k.startswith("optim.")},
                                  meta["optimizer"])
     return meta
