@@ -7,42 +7,83 @@ all three). The text is read like train.py's --data_path (.txt, .json, .jsonl), 
 cut into windows of --seq_len tokens, and scored: perplexity = exp(mean cross-entropy).
 """
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
 
 from mini_llm import backend
-from mini_llm.checkpoint import CheckpointError
+from mini_llm.checkpoint import CheckpointError, read_metadata
 from mini_llm.model.transformer import MiniTransformer
+from mini_llm.progress import counting
 from tokenizer.bpe_tokenizer import BPETokenizer
-from training.data import encode_documents, load_texts, make_sequences
+from training.data import encode_documents, load_texts, make_sequences, split_train_val
+from training.checks import ArgumentParser, describe_os_error, require
 from training.loop import evaluate
+from training.run_checkpoint import readable_copy
 
 
 def load_checkpoint(folder):
     """(model, tokenizer) from a train.py checkpoint folder; one-line errors if incomplete."""
-    folder = Path(folder)
+    folder = readable_copy(folder)        # a save cut short: its newest complete copy
+    if not folder.exists():               # most often: nothing trained yet
+        raise ValueError(f"no checkpoint at {folder}: run `python train.py --use_mock` first "
+                         "(it writes output/checkpoint), or pass --checkpoint FOLDER")
     if not (folder / "tokenizer.json").is_file():
         raise ValueError(f"{folder}: no tokenizer.json (pass a train.py checkpoint folder)")
     return MiniTransformer.from_pretrained(folder), BPETokenizer.load(folder / "tokenizer.json")
 
 
+def training_overlap(checkpoint, texts):
+    """A `note:` line when some of `texts` were trained on by the checkpoint's run, else None.
+    train.py saves the run's args in training_state.safetensors; the split is redone from
+    them (data_path, val_fraction, seed), so a copy of the training file counts too."""
+    state = readable_copy(checkpoint) / "training_state.safetensors"
+    try:
+        run = json.loads(read_metadata(state)["minillm_training_state"])["args"]
+        train_texts, _ = split_train_val(load_texts(run["data_path"], notice=lambda message: None),
+                                         run["val_fraction"], run["seed"])
+    except (CheckpointError, ValueError, OSError, KeyError, TypeError):
+        return None                    # not a train.py run, or its training file is gone
+    seen = set(train_texts)
+    # a run on one document trains on its first part: then a text holding that part overlaps
+    trained = sum(text in seen or (len(train_texts) == 1 and train_texts[0] in text) for text in texts)
+    if not trained:
+        return None
+    return (f"note: {trained} of {len(texts)} documents are in this checkpoint's training split "
+            f"({run['data_path']}, val_fraction {run['val_fraction']}, seed {run['seed']}): this "
+            "perplexity is not on held-out text")
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="output/checkpoint", help="default: %(default)s")
     p.add_argument("--data_path", required=True, help=".txt, .json or .jsonl")
     p.add_argument("--seq_len", type=int, help="default: the model's max_seq_length")
     p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--encoding_errors", choices=["strict", "replace", "ignore"], default="strict",
+                   help="invalid UTF-8 in the data: fail, or replace/drop the bad bytes")
     p.add_argument("--device", choices=["cpu", "gpu", "auto"])
     args = p.parse_args(argv)
     try:
+        require(args.batch_size >= 1, "--batch_size", args.batch_size, ">= 1")
+        require(args.seq_len is None or args.seq_len >= 1, "--seq_len", args.seq_len, ">= 1")
         backend.set_device(args.device)
         model, tokenizer = load_checkpoint(args.checkpoint)
         seq_len = min(args.seq_len or model.config.max_seq_length, model.config.max_seq_length)
-        sequences = make_sequences(encode_documents(tokenizer, load_texts(args.data_path)), seq_len)
-        loss = evaluate(model, sequences, args.batch_size)
+        texts = load_texts(args.data_path, args.encoding_errors)
+        overlap = training_overlap(args.checkpoint, texts)
+        if overlap:
+            print(overlap, file=sys.stderr)
+        sequences = make_sequences(encode_documents(tokenizer, texts), seq_len)
+        logits, bar = counting(model, len(sequences), "evaluating")       # minutes on 1 MB
+        with bar:
+            loss = evaluate(logits, sequences, args.batch_size)
     except (ValueError, CheckpointError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     tokens = sequences[:, 1:].size
     print(f"{args.data_path}: {tokens:,} tokens | loss {loss:.4f} | perplexity {math.exp(loss):.2f}")

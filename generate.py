@@ -18,10 +18,11 @@ from evaluate import load_checkpoint
 from mini_llm import backend
 from mini_llm.checkpoint import CheckpointError
 from mini_llm.generate import STOP_CONTEXT_LIMIT, generate
+from training.checks import ArgumentParser, check_generation, describe_os_error
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="output/checkpoint", help="default: %(default)s")
     p.add_argument("--prompt", default="The model", help="default: %(default)r")
     p.add_argument("--max_new_tokens", type=int, default=100)
@@ -33,6 +34,7 @@ def main(argv=None):
     p.add_argument("--device", choices=["cpu", "gpu", "auto"])
     args = p.parse_args(argv)
     try:
+        check_generation(args)          # every setting in range before any work
         backend.set_device(args.device)
         model, tokenizer = load_checkpoint(args.checkpoint)
         prompt = tokenizer.encode(args.prompt)
@@ -40,11 +42,14 @@ def main(argv=None):
             raise ValueError("the prompt is empty")
         start = time.perf_counter()
         ids, stop_reason = generate(model, np.array([prompt]), args.max_new_tokens, args.temperature,
-                                    args.top_k, args.top_p, args.seed, use_cache=not args.no_cache,
+                                    args.top_k or None, args.top_p, args.seed, use_cache=not args.no_cache,
                                     eos_id=tokenizer.eos_id, return_stop_reason=True)
         seconds = time.perf_counter() - start
     except (ValueError, CheckpointError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     new = ids.shape[1] - len(prompt)
     print(tokenizer.decode(ids[0].tolist()))

@@ -103,17 +103,27 @@ def rolling_cache(window, steps, seed=0):
 
 
 def plot(panels, out_dir):
-    """panels: [(title, bool (T, T))], drawn side by side."""
+    """panels: [(title, bool (T, T))], drawn side by side as cells: dark = may attend (or, for
+    the reach, may influence), light = masked. Ticks on whole positions, a key below."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4))
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
+    colours = ["#eef3fa", "#1f4e8c"]                     # False, True
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.6))
     for ax, (title, m) in zip(axes, panels):
-        ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
+        ax.imshow(m, cmap=ListedColormap(colours), vmin=0, vmax=1)
         ax.set_title(title)
         ax.set_xlabel("key position j")
         ax.set_ylabel("query position t")
-    fig.tight_layout()
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(MaxNLocator(integer=True))
+    key = [Patch(facecolor=colours[1], label="key j reaches query t"),
+           Patch(facecolor=colours[0], edgecolor="0.7", label="masked: no path from j to t")]
+    fig.legend(handles=key, loc="lower center", ncol=2, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     path = os.path.join(out_dir, "attention_patterns.png")
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -119,19 +119,21 @@ def plot(model, prompt_ids, out_dir):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     logits = np.asarray(model.forward(prompt_ids, keep_cache=False)[0, -1], dtype=np.float64)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ranks = np.arange(1, min(60, logits.size) + 1)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
     top_k = next(s["top_k"] for s in SETTINGS if "top_k" in s)
     top_p = next(s["top_p"] for s in SETTINGS if "top_p" in s)
+    curves = {}
     for temperature in sorted({s["temperature"] for s in SETTINGS} - {0}):
         z = logits / temperature
-        p = np.sort(np.exp(z - z.max()) / np.exp(z - z.max()).sum())[::-1]
-        cut = int(np.searchsorted(np.cumsum(p), top_p)) + 1               # tokens top-p keeps
+        p = np.sort(np.exp(z - z.max()) / np.exp(z - z.max()).sum())[::-1]    # by rank
+        curves[temperature] = p, int(np.searchsorted(np.cumsum(p), top_p)) + 1   # tokens top-p keeps
+    # the rank axis reaches past every cut, so each dotted top-p line is on the figure
+    ranks = np.arange(1, min(logits.size, int(1.15 * max([top_k] + [c for _, c in curves.values()]))) + 1)
+    for temperature, (p, cut) in curves.items():
         line, = ax.semilogy(ranks, p[:ranks.size], label=f"temperature {temperature:g} (top-p {top_p:g} keeps {cut})")
-        if cut <= ranks.size:
-            ax.axvline(cut, color=line.get_color(), ls=":", lw=1)
+        ax.axvline(cut, color=line.get_color(), ls=":", lw=1.2)
     ax.axvline(top_k, color="0.5", ls="--", lw=1, label=f"top-k {top_k}")
-    ax.set_xlabel("rank of the token")
+    ax.set_xlabel(f"rank of the token (of {logits.size}); dotted: where each top-p {top_p:g} cut falls")
     ax.set_ylabel("probability")
     ax.set_title("next-token distribution after the prompt")
     ax.legend(fontsize=8)

@@ -100,32 +100,60 @@ def relative_scores(q, k, theta, offset, bases, other_offsets):
     return same, others
 
 
+def shown_pairs(half, most=6):
+    """The pairs the left panel draws: all of them when there are few, else `most` spread evenly
+    from the fastest (0) to the slowest (half-1)."""
+    return list(range(half)) if half <= most else sorted({round(x) for x in np.linspace(0, half - 1, most)})
+
+
 def plot(q, k, head_dim, theta, out_dir):
+    """Left: a unit vector placed in pair i, rotated to positions 0..16, drawn in the plane of
+    that pair's two dimensions (x_i, x_{i+D/2}); pair i on a circle of its own radius so the
+    slow pairs, which barely turn, stay visible. Right: q_m · k_n against m - n for three n."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5.2))
     half = head_dim // 2
+    pairs = shown_pairs(half)
     circle = np.linspace(0, 2 * np.pi, 200)
-    ax1.plot(np.cos(circle), np.sin(circle), color="0.85", lw=1)
     unit = np.zeros(head_dim)
-    for i, color in ((0, "tab:blue"), (1, "tab:orange"), (half - 1, "tab:green")):
+    for rank, i in enumerate(pairs):
+        radius = 1.0 - 0.7 * rank / max(1, len(pairs) - 1)              # 1 (fastest) .. 0.3 (slowest)
         unit[:] = 0
-        unit[i] = 1.0
+        unit[i] = radius
         pts = np.array([rope_at(unit, m, theta)[[i, i + half]] for m in range(17)])
-        ax1.plot(pts[:, 0], pts[:, 1], "o", color=color, ms=4, label=f"pair {i}")
-        for m in (1, 2, 16):
-            ax1.annotate(str(m), pts[m], fontsize=7, color=color)
+        ax1.plot(radius * np.cos(circle), radius * np.sin(circle), color="0.88", lw=1)
+        freq = theta ** (-2.0 * i / head_dim)
+        line, = ax1.plot(pts[:, 0], pts[:, 1], "o", ms=4,
+                         label=f"pair {i}: dims ({i}, {i + half}), {np.degrees(freq):.3g}°/position")
+        labelled = []
+        for m in (0, 1, 2, 16):                  # label a position only where it stands apart
+            if all(np.linalg.norm(pts[m] - pts[j]) > 0.08 for j in labelled):
+                labelled.append(m)
+                ax1.annotate(str(m), pts[m], xytext=(3, 3), textcoords="offset points", fontsize=7,
+                             color=line.get_color())
     ax1.set_aspect("equal")
-    ax1.set_title("a unit vector in pair i, positions 0..16")
-    ax1.legend(fontsize=8)
+    ax1.set_xlim(-1.15, 1.15)
+    ax1.set_ylim(-1.15, 1.15)
+    ax1.set_xlabel("first dimension of the pair, x_i")
+    ax1.set_ylabel("second dimension, x_(i+D/2)")
+    shown = "every pair" if len(pairs) == half else f"pairs {pairs} of {half}"
+    ax1.set_title(f"D={head_dim}: {shown} at positions 0..16 (numbers = position);\n"
+                  "slow pairs barely turn in 16 positions", fontsize=10)
+    ax1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     offsets = np.arange(-24, 25)
-    for n in (0, 100, 1000):
-        scores = [rope_at(q, n + d, theta) @ rope_at(k, n, theta) for d in offsets]
-        ax2.plot(offsets, scores, "o-" if n == 0 else "-", ms=3, label=f"n = {n}")
+    curves = {n: np.array([rope_at(q, n + d, theta) @ rope_at(k, n, theta) for d in offsets])
+              for n in (0, 100, 1000)}
+    # the three curves coincide: draw them so each stays visible on top of the others
+    ax2.plot(offsets, curves[0], "-", color="tab:blue", lw=7, alpha=0.3, label="n = 0")
+    ax2.plot(offsets, curves[100], "o", color="tab:orange", ms=6, mfc="none", label="n = 100")
+    ax2.plot(offsets, curves[1000], "x-", color="black", ms=4, lw=0.8, label="n = 1000")
+    spread = max(float(np.abs(curves[n] - curves[0]).max()) for n in curves)
     ax2.set_xlabel("offset m - n")
-    ax2.set_ylabel("q_m · k_n")
-    ax2.set_title("same curve for every n: only m - n matters")
+    ax2.set_ylabel("score q_m · k_n")
+    ax2.set_title(f"the curves for n = 0, 100, 1000 coincide (max difference {spread:.0e}):\n"
+                  "the score depends only on m - n", fontsize=10)
     ax2.legend(fontsize=8)
     fig.tight_layout()
     path = os.path.join(out_dir, "rope.png")

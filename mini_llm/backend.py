@@ -29,7 +29,7 @@ def set_device(name=None):
     global _xp, _device
     name = (name or os.environ.get("MINILLM_DEVICE") or "cpu").lower()
     if name not in ("cpu", "gpu", "auto"):
-        raise ValueError(f"unknown device {name!r}: use cpu, gpu or auto")
+        raise ValueError(f"unknown device {name!r} (--device or env MINILLM_DEVICE): use cpu, gpu or auto")
     cupy = _cupy_or_none() if name in ("gpu", "auto") else None
     if name == "gpu" and cupy is None:
         raise RuntimeError("device 'gpu' asked for, but CuPy sees no GPU (pip install cupy-cuda12x?)")
@@ -66,4 +66,14 @@ def to_device(a):
     return _xp.asarray(a)
 
 
-set_device()
+def _choose_at_import():
+    """Follow MINILLM_DEVICE at import, but never fail an import (or --help) over it: a bad
+    value or a missing GPU leaves NumPy in place, and the entry points' set_device call then
+    reports it as one error line."""
+    try:
+        set_device()
+    except (ValueError, RuntimeError):
+        pass
+
+
+_choose_at_import()

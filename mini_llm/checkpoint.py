@@ -18,11 +18,11 @@ crash mid-write leaves the old file as it was, never half a checkpoint.
 import json
 import os
 import struct
-import tempfile
 
 import numpy as np
 
 from mini_llm import backend
+from mini_llm.files import atomic_write
 from mini_llm.model.transformer import TransformerConfig, param_shapes
 
 FORMAT_VERSION = 1          # "minillm_version" in config.json; bump when the layout changes
@@ -77,19 +77,9 @@ def _decode(raw, code, shape):
 
 
 def _atomic_write(path, write):
-    """Call write(file) on a temporary file beside `path`, then rename it onto `path`."""
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                               prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Call write(file) on a temporary file beside `path`, fsync it, rename it onto `path`
+    (mini_llm.files.atomic_write: the project's one atomic writer)."""
+    atomic_write(path, write)
 
 
 def _write_json(path, obj):
@@ -258,6 +248,33 @@ def _rope_theta(d, source):
     return float((d.get("rope_parameters") or {}).get("rope_theta", d.get("rope_theta", 10000.0)))
 
 
+# config.json fields and what each must hold: (key, kind, may be null)
+INT_FIELDS = [("vocab_size", False), ("hidden_size", False), ("intermediate_size", False),
+              ("num_hidden_layers", False), ("num_attention_heads", False),
+              ("num_key_value_heads", True), ("head_dim", True), ("max_position_embeddings", False),
+              ("sliding_window", True)]
+FLOAT_FIELDS = ["rope_theta", "rms_norm_eps"]
+
+
+def _check_field_types(d, source):
+    """Sizes are positive integers (not strings, floats or booleans), rope_theta and
+    rms_norm_eps positive numbers, tie_word_embeddings a boolean: one line naming the field."""
+    for key, nullable in INT_FIELDS:
+        if key not in d or (nullable and d[key] is None):
+            continue
+        value = d[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CheckpointError(f"{source}: {key} must be a positive integer"
+                                  f"{' or null' if nullable else ''}, got {value!r}")
+    for key in FLOAT_FIELDS:
+        value = d.get(key, 1.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise CheckpointError(f"{source}: {key} must be a positive number, got {value!r}")
+    if not isinstance(d.get("tie_word_embeddings", False), bool):
+        raise CheckpointError(f"{source}: tie_word_embeddings must be true or false, "
+                              f"got {d['tie_word_embeddings']!r}")
+
+
 def config_from_hf(d, source="config.json"):
     """TransformerConfig from a config.json dict: ours, a published LLaMA/Mistral config, or
     the transformers-5 layout. Raises CheckpointError (one line) for what MiniLLM cannot run."""
@@ -283,6 +300,7 @@ def config_from_hf(d, source="config.json"):
     missing = [k for k in required if k not in d]
     if missing:
         raise CheckpointError(f"{source}: missing key {missing[0]!r}")
+    _check_field_types(d, source)
     heads = d["num_attention_heads"]
     head_dim = d.get("head_dim")
     if head_dim is not None and head_dim * heads == d["hidden_size"]:

@@ -68,7 +68,7 @@ BAD_FILES = {
     "json all empty": ("z.json", b'["", "  "]', "no documents"),
     "jsonl bad line": ("l.jsonl", b'"a"\n{"text": \n', "line 2"),
     "jsonl line without text": ("k.jsonl", b'"a"\n"b"\n{"title": "c"}\n', "line 3 has no 'text' field"),
-    "unsupported extension": ("d.csv", b"a,b\n", "unsupported extension"),
+    "binary file": ("GPL-3.gz", b"\x1f\x8b\x08\x00\x00abc", "NUL byte"),
 }
 
 

@@ -233,9 +233,33 @@ def test_links_between_notes_resolve():
             assert not anchor or anchor in anchors[target], f"{note.name} links to missing #{anchor} in {target}"
 
 
-def test_mock_training_demo_runs(capsys):
-    from training import mock_training_demo
-    ppl = mock_training_demo.main(steps=3, teacher_steps=3)
+def test_mock_training_demo_runs(tmp_path, capsys):
+    ppl = run_demo("mock_training_demo", ["--steps", "3", "--teacher_steps", "3"], tmp_path,
+                   path="training/mock_training_demo.py")
     assert set(ppl) == {"teacher", "student alone", "student distilled"}
     assert all(math.isfinite(v) and v > 1 for v in ppl.values())
-    assert "student distilled" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "student distilled" in out
+    assert f"plot: {tmp_path / 'mock_training_demo.png'}" in out or not HAS_MATPLOTLIB
+
+
+# ----------------------------------------------------------------------------- every demo's command line
+
+DEMOS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "demos").glob("*.py")) + [
+    "tokenizer/demo_bpe.py", "training/mock_training_demo.py"]
+
+
+@pytest.mark.parametrize("path", DEMOS)
+def test_every_demo_has_help_and_writes_figures_to_demos_output(path, capsys):
+    """--help prints the options and exits without running the demo; --plot is there, and the
+    figure's folder defaults to demos/output (the place the README documents)."""
+    spec = importlib.util.spec_from_file_location(f"help_{Path(path).stem}", ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as stop:
+        module.main(["--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage:") and "--plot" in out
+    assert re.search(r"--out OUT\s.*default: \S*demos/output\b", out, re.S), out
+    assert "val perplexity" not in out and "merge 1/" not in out           # nothing ran

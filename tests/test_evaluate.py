@@ -16,7 +16,7 @@ import pytest
 
 from mini_llm.model.transformer import MiniTransformer, TransformerConfig
 from tokenizer.bpe_tokenizer import BPETokenizer
-from training.data import encode_documents, load_texts, make_sequences
+from training.data import encode_documents, load_texts, make_sequences, split_train_val
 from training.loop import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,3 +110,36 @@ def test_cli_prints_the_function_s_perplexity(tmp_path, capsys):
     assert match, out
     assert int(match[1].replace(",", "")) == sequences[:, 1:].size
     assert match[2] == f"{loss:.4f}" and match[3] == f"{math.exp(loss):.2f}"
+
+
+def test_cli_notes_when_the_text_was_trained_on(tmp_path, capsys):
+    """A checkpoint saved by train.py carries the run's args; evaluating on its training file
+    (or a copy) prints a note naming the trained share, on stderr; held-out text gets none."""
+    from mini_llm.checkpoint import save_training_state
+    documents = [f"Document {i}: attention lets token {i} look back at the tokens before it."
+                 for i in range(10)]
+    data = tmp_path / "corpus.txt"
+    data.write_text("\n\n".join(documents), encoding="utf-8")
+    train_texts, val_texts = split_train_val(load_texts(data), 0.2, 3)
+    tokenizer = BPETokenizer(vocab_size=300).train(train_texts)
+    folder = tmp_path / "ckpt"
+    small_model(vocab_size=tokenizer.vocab_size, dtype=np.float32).save_pretrained(folder)
+    tokenizer.save(folder)
+    save_training_state(folder / "training_state.safetensors", {},
+                        {"step": 1, "args": {"data_path": str(data), "val_fraction": 0.2, "seed": 3}})
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text("\n\n".join(val_texts), encoding="utf-8")
+    copy = tmp_path / "copy.txt"
+    copy.write_text(data.read_text(encoding="utf-8"), encoding="utf-8")
+
+    spec = importlib.util.spec_from_file_location("evaluate_cli", ROOT / "evaluate.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    for path, note in ((data, True), (copy, True), (held_out, False)):
+        assert cli.main(["--checkpoint", str(folder), "--data_path", str(path), "--seq_len", str(T)]) == 0
+        out, err = capsys.readouterr()
+        assert re.fullmatch(r".*: [\d,]+ tokens \| loss [\d.]+ \| perplexity [\d.]+\n", out)   # stdout unchanged
+        notes = [line for line in err.splitlines() if line.startswith("note:")]
+        assert notes == ([f"note: {len(train_texts)} of 10 documents are in this checkpoint's training "
+                          f"split ({data}, val_fraction 0.2, seed 3): this perplexity is not on "
+                          "held-out text"] if note else []), err

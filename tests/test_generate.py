@@ -315,3 +315,14 @@ def test_cli_stops_at_context_limit_with_a_note(checkpoint, capsys):
     out, err = capsys.readouterr()
     assert rc == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("error:") and "max_seq_length=16" in err
+
+
+def test_cli_before_any_training_says_to_train_first(tmp_path, monkeypatch, capsys):
+    """A newcomer's first `python generate.py`: the default output/checkpoint does not exist
+    yet. One error line says how to make it."""
+    monkeypatch.chdir(tmp_path)                           # no output/ here
+    rc = load_cli("generate").main([])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("error: no checkpoint at output/checkpoint")
+    assert "run `python train.py --use_mock` first" in err

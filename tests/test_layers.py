@@ -39,6 +39,20 @@ def test_embedding_with_repeated_ids():
     assert_close_grad(dw, numerical_grad(f, w), "embedding dweight")
 
 
+def test_embedding_backward_is_the_add_at_reference():
+    """The bincount scatter-add equals the plain np.add.at one, repeats and unused rows included
+    (float32: bincount sums in float64, add.at in float32, so only to rounding)."""
+    r = rng()
+    ids = np.array([[1, 3, 3, 0, 1], [2, 2, 2, 1, 1]])      # rows 4.. never looked up: stay 0
+    for dtype, rtol in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        dy = r.normal(size=(B, T, C)).astype(dtype)
+        _, cache = layers.embedding_forward(ids, np.zeros((V, C), dtype))
+        fast, plain = layers.embedding_backward(dy, cache), layers.embedding_backward_reference(dy, cache)
+        assert fast.dtype == plain.dtype == dtype
+        np.testing.assert_allclose(fast, plain, rtol=rtol, atol=1e-6 * (dtype == np.float32))
+        assert not plain[4:].any()
+
+
 def test_rmsnorm():
     r = rng()
     x, w = r.normal(size=(B, T, C)), r.normal(size=C)

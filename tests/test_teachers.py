@@ -268,6 +268,8 @@ def test_fingerprint_tells_sequences_apart():
     ("ngram", ("ngram", "", 1.0)),
     ("ngram::0.5", ("ngram", "", 0.5)),
     ("ngram:data/corpus.txt", ("ngram", "data/corpus.txt", 1.0)),
+    ("ngram:0.5", ("ngram", "", 0.5)),
+    ("llama=C:/models/tiny:v2", ("llama", "C:/models/tiny:v2", 1.0)),
 ])
 def test_parse_teacher_spec(spec, expected):
     assert parse_teacher_spec(spec) == expected

@@ -120,7 +120,45 @@ def test_mock_run_writes_a_loadable_checkpoint_metrics_and_a_report(mock_run):
     table = printed.split("val perplexity")[1]
     for name in ("teacher mock_llama", "teacher ngram", "student (distilled)"):
         assert re.search(rf"{re.escape(name)}\s+\d+\.\d\d\n", table), name
-    assert re.search(r"\nsample: .+", printed)
+    assert "\nsample (temperature 0.8, top-k 40):\n" in printed
+
+
+def test_the_sample_shows_its_prompt_and_continuation_apart(mock_run, data):
+    """The prompt is real held-out text, the first 8 tokens of the first validation document;
+    only the continuation is the model's. The report prints them on separate lines."""
+    from training.data import load_texts, split_train_val
+    _, _, printed = mock_run
+    prompt = re.search(r"\n  prompt \(8 validation tokens\): '(.*)'\n", printed)
+    continuation = re.search(r"\n  continuation \((\d+) generated tokens\): '(.*)'\n", printed)
+    assert prompt and continuation, printed
+    _, val_texts = split_train_val(load_texts(data), 0.1, 0)
+    assert prompt[1] and val_texts[0].startswith(prompt[1])
+    assert 1 <= int(continuation[1]) <= 5                          # --sample_tokens 5 (or EOS)
+
+
+def test_the_run_prints_its_time_per_step_and_estimate(mock_run):
+    """After step 3 (the first step, with its compile and allocations, left out of the timing)."""
+    _, _, printed = mock_run
+    assert re.search(r"\ntiming: [\d.]+ (s|min|h) per step \(steps 2-3\) -> about [\d.]+ (s|min|h) "
+                     r"for the 3 steps left\n", printed), printed
+
+
+def test_every_flag_has_help_and_its_default():
+    """python train.py --help: each flag says what it is (not only its default) and, unless
+    it is an on/off switch, its default; the size flags name the --use_mock default too."""
+    parser = cli.build_parser()
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        flag, text = action.option_strings[0], (action.help or "")
+        meaning = re.sub(r"\(?default:.*", "", text).strip(" (;,")
+        assert len(meaning.split()) >= 2, f"{flag}: help says only {text!r}"
+        if action.nargs != 0:                                      # store_true flags need none
+            assert "default" in text, f"{flag}: help does not say its default: {text!r}"
+    for name in cli.SIZES:
+        assert "with --use_mock" in next(a.help for a in parser._actions if a.dest == name)
+    text = parser.format_help()
+    assert "query heads H" in text and "~12-15 s on 2 CPU cores" in text
 
 
 def test_mock_run_logs_the_loss_it_minimises(mock_run):
@@ -215,7 +253,7 @@ def test_teacher_cache_is_reused_and_changes_nothing(data, tmp_path, monkeypatch
     first_rows, first_arrays = metrics(tmp_path), saved_arrays(tmp_path)
 
     stored.clear()
-    code, printed = run_cli(data, tmp_path, "--use_mock", "--teacher_cache_topk", 8)
+    code, printed = run_cli(data, tmp_path, "--use_mock", "--teacher_cache_topk", 8, "--overwrite")
     assert code == 0
     assert re.search(r"teacher cache \S+ngram: reusing 24/\d+ stored sequences", printed)
     assert sum(stored) == 0                                          # every batch read back

@@ -32,6 +32,7 @@ import numpy as np
 import regex
 from tqdm import tqdm
 
+from mini_llm.progress import warm_up
 from tokenizer import bpe_kernels, hf_format
 from tokenizer.hf_format import GPT2_PATTERN, GPT4_PATTERN, PREFIX_SPACE, render_token
 
@@ -125,6 +126,8 @@ def train_fast(words, counts, num_merges, first_id=256, on_merge=None):
 
     The kernel runs 256 merges per call; on_merge is then called for each.
     """
+    # the first call compiles the kernels on a 2-byte word (the nested call returns at once)
+    warm_up("bpe train", "BPE training kernels", lambda: train_fast([[97, 98]], [1], 1))
     state = bpe_kernels.new_train_state(words, counts)
     bpe_kernels.train_init(state)
     merges = np.zeros((num_merges, 2), np.int64)
@@ -226,6 +229,8 @@ class BPETokenizer:
         self._str_to_id.update(special_tokens)
         self._bytes_to_id = {t: i for i, t in vocab.items()}
         self._byte_ids = np.asarray(byte_ids, dtype=np.int64)
+        warm_up("bpe merge table", "BPE merge-table kernel",
+                lambda: bpe_kernels.build_merge_table([(97, 98)], [256]))
         self._merge_table = bpe_kernels.build_merge_table([(a, b) for a, b, _ in merges],
                                                           [new for _, _, new in merges])
         self._cache = {}
@@ -410,6 +415,7 @@ class BPETokenizer:
                              "which is not valid Unicode") from None
         offsets = np.zeros(len(data) + 1, np.int64)
         np.cumsum([len(d) for d in data], out=offsets[1:])
+        warm_up("bpe encode", "BPE encoding kernels", lambda: self._encode_chunks(["a"]))  # compiles on 1 byte
         ids, bounds = bpe_kernels.encode_chunks(np.frombuffer(b"".join(data), np.uint8),
                                                 offsets, self._byte_ids, *self._merge_table)
         ids, bounds = ids.tolist(), bounds.tolist()

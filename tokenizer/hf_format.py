@@ -19,10 +19,11 @@ Two conventions of that format matter here:
 """
 import json
 import os
-import tempfile
 import unicodedata
 
 import regex
+
+from mini_llm.files import atomic_write
 
 # GPT-2's pattern (also ByteLevel's built-in regex) and GPT-4's cl100k pattern, as tiktoken has it
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -126,16 +127,9 @@ def vocab_dump(vocab, merges, special_tokens):
 
 
 def write_atomic(path, text):
-    """Write text to path through a temporary file, so a crash leaves no half file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Write text to path through a temporary file, so a crash leaves no half file
+    (mini_llm.files.atomic_write: the project's one atomic writer)."""
+    atomic_write(path, text)
 
 
 # ----------------------------------------------------------------------------
@@ -222,7 +216,15 @@ def parse_normalizer(obj, path):
     return forms
 
 
+OTHER_MODELS = {"WordPiece": "a WordPiece", "Unigram": "a Unigram (SentencePiece)",
+                "WordLevel": "a WordLevel"}
+
+
 def _check_model(model, path):
+    kind = model.get("type") if isinstance(model, dict) else None
+    if kind in OTHER_MODELS:
+        raise TokenizerFileError(f"{path}: {OTHER_MODELS[kind]} tokenizer; MiniLLM reads "
+                                 f"byte-level BPE tokenizer.json files")
     if not isinstance(model, dict) or not isinstance(model.get("vocab"), dict) \
             or not isinstance(model.get("merges"), list):
         raise TokenizerFileError(f"{path}: no BPE model with vocab and merges; "

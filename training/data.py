@@ -8,7 +8,7 @@
         ...
 
 Everything here runs on the host with NumPy; the training loop moves batches to the device.
-Bad input (missing, empty or non-UTF-8 file, broken JSON, a record without text) raises a
+Bad input (missing, empty, binary or non-UTF-8 file, broken JSON, a record without text) raises a
 ValueError with one line naming the file and the problem. This file knows nothing of models.
 """
 import json
@@ -17,8 +17,6 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
-
-from tokenizer.bpe_tokenizer import read_text_file
 
 PROGRESS_MIN_TEXTS = 1000       # show a progress bar when encoding at least this many documents
 
@@ -72,21 +70,47 @@ def _jsonl_documents(text, name):
 
 
 READERS = {".txt": _txt_documents, ".json": _json_documents, ".jsonl": _jsonl_documents}
+ENCODING_ERRORS = ("strict", "replace", "ignore")      # train.py / evaluate.py --encoding_errors
 
 
-def load_texts(path):
+def read_data_file(path, errors="strict"):
+    """The text of a data file: UTF-8, without a leading byte-order mark. One-line ValueError
+    for a missing file, a folder, an empty file, a binary file (it holds NUL bytes) or invalid
+    UTF-8 (unless errors is "replace" or "ignore")."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a data file")
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    data = path.read_bytes()
+    if not data:
+        raise ValueError(f"{path}: file is empty")
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise ValueError(f"{path}: a NUL byte at offset {nul}: a binary file (or UTF-16), not UTF-8 text")
+    try:
+        text = data.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not valid UTF-8 at byte offset {e.start} ({e.reason}); "
+                         f"--encoding_errors replace substitutes U+FFFD for bad bytes") from None
+    return text.removeprefix("\ufeff")                    # a BOM marks the encoding, it is not text
+
+
+def load_texts(path, errors="strict", notice=print):
     """The documents of a .txt, .json or .jsonl file, as a list of non-empty strings.
 
     .txt   documents separated by blank lines; a file without blank lines has one per line
     .json  ["doc", ...] or [{"text": "doc", ...}, ...]
     .jsonl one "doc" or {"text": "doc", ...} per line
+    Any other name (README, GPL-3, notes.md) is read like .txt, and notice(...) says so.
     Empty documents are dropped; a file with none left is an error.
     """
     path = Path(path)
     reader = READERS.get(path.suffix.lower())
+    text = read_data_file(path, errors)
     if reader is None:
-        raise ValueError(f"{path}: unsupported extension {path.suffix!r}, use .txt, .json or .jsonl")
-    text = read_text_file(path)
+        reader = _txt_documents
+        notice(f"note: {path} is not .txt, .json or .jsonl; reading it as plain text")
     documents = [d for d in reader(text, path.name) if d.strip()]
     if not documents:
         raise ValueError(f"{path}: no documents (every record is empty)")

@@ -36,6 +36,7 @@ class DistillConfig:
     contrastive_weight: float = 0.0     # InfoNCE on the same projected states
     temperature: float = 1.0            # tau: softens both distributions; KL is scaled by tau²
     kl_direction: str = "forward"       # "forward" KL(t‖s), mean-seeking; "reverse" KL(s‖t), mode-seeking
+    jsd_beta: Optional[float] = None    # set: generalized JSD(beta) (GKD) in place of the KL; 0 / 1 = the KLs
     hidden_loss: str = "mse"            # "mse" or "cosine"
     contrastive_temperature: float = 0.1
     cross_vocab: bool = False           # teachers with another vocabulary contribute through ULD
@@ -50,6 +51,8 @@ class DistillConfig:
                 raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
         if self.kl_direction not in ("forward", "reverse"):
             raise ValueError(f"--kl_direction must be forward or reverse, got {self.kl_direction!r}")
+        if self.jsd_beta is not None and not 0 <= self.jsd_beta <= 1:
+            raise ValueError(f"--jsd_beta must lie in [0, 1], got {self.jsd_beta}")
         if self.hidden_loss not in ("mse", "cosine"):
             raise ValueError(f"--hidden_loss must be mse or cosine, got {self.hidden_loss!r}")
         return self
@@ -122,9 +125,10 @@ class KnowledgeTransfer:
         its top-k log-probabilities) instead of being run. The cache holds the target of the
         forward KL at one temperature, so both must match this config."""
         cfg = self.config
-        if cfg.kl_direction != "forward":
+        if cfg.kl_direction != "forward" or cfg.jsd_beta not in (None, 0):
             raise ValueError("the offline top-k cache gives the forward KL only, not "
-                             f"--kl_direction {cfg.kl_direction}")
+                             f"--kl_direction {cfg.kl_direction}" +
+                             (f" with --jsd_beta {cfg.jsd_beta}" if cfg.jsd_beta is not None else ""))
         if cache.meta["temperature"] != cfg.temperature:
             raise ValueError(f"teacher cache at temperature {cache.meta['temperature']} cannot "
                              f"serve --temperature {cfg.temperature}")
@@ -135,32 +139,39 @@ class KnowledgeTransfer:
 
     # ----- one micro-batch: every teacher's terms and their gradients ---------------------
 
-    def losses(self, inputs, indices, student_logits, scale=1.0):
+    def losses(self, inputs, indices, student_logits, scale=1.0, mask=None, sampled=None):
         """The teachers' terms for one micro-batch, after the student's forward on `inputs`
         (b, T) gave `student_logits` (b, T, V) and its hidden_states. `indices` (b,) name the
-        training sequences (for the offline cache). Adds scale · d(total)/d(projection) into
-        proj_grads and returns DistillTerms with scale · d(total)/d(logits, hidden states)."""
+        training sequences (for the offline cache; None for sequences not in the training
+        data). `mask` (b, T): the positions that count (None = all). `sampled`: (tokens,
+        sampling_probs) of a MiniLLM batch, whose logit term is then the policy-gradient
+        surrogate (losses.minillm_forward) in place of the KL. Adds scale ·
+        d(total)/d(projection) into proj_grads and returns DistillTerms with scale ·
+        d(total)/d(logits, hidden states)."""
         cfg = self.config
         parts, total = {}, 0.0
         dlogits, hidden_grads = backend.xp().zeros_like(student_logits), {}
         for link in self.links:
             t_parts, t_dlogits = self.teacher_losses(link, inputs, indices, student_logits,
-                                                     hidden_grads, scale)
+                                                     hidden_grads, scale, mask, sampled)
             for name, value in t_parts.items():
                 parts[f"{name}.{link.teacher.name}"] = value
                 total += link.weight * getattr(cfg, f"{name}_weight") * value
             dlogits += t_dlogits
         return DistillTerms(parts, total, dlogits, hidden_grads)
 
-    def teacher_losses(self, link, inputs, indices, student_logits, hidden_grads, scale):
+    def teacher_losses(self, link, inputs, indices, student_logits, hidden_grads, scale, mask=None,
+                       sampled=None):
         """The losses against one teacher. Returns ({"kl": .., "hidden": .., "contrastive": ..},
         d(those, weighted)/d(student logits)); hidden-state gradients go into hidden_grads."""
         cfg, teacher = self.config, link.teacher
         w_kl = link.weight * cfg.kl_weight * scale
         parts = {}
         if not link.same_tokens:                                  # another tokenizer: ULD
-            t_logits, mask = self.retokenized_teacher_logits(link, inputs)
-            parts["kl"], cache = losses.uld_forward(student_logits, t_logits, cfg.temperature, mask)
+            t_logits, both = self.retokenized_teacher_logits(link, inputs)
+            if mask is not None:
+                both = both * backend.to_device(mask)
+            parts["kl"], cache = losses.uld_forward(student_logits, t_logits, cfg.temperature, both)
             return parts, losses.uld_backward(w_kl, cache)
         need_teacher = link.cache is None or link.layer_map or not link.cache.has(indices)
         t_logits, t_hidden = (teacher.forward(inputs, hidden_layers=tuple(link.layer_map))
@@ -168,14 +179,23 @@ class KnowledgeTransfer:
         if link.cache is not None:                                # offline: cached top-k
             topk_ids, topk_logprobs = self.cached_topk(link, indices, t_logits)
             parts["kl"], cache = losses.topk_kl_forward(student_logits, topk_ids, topk_logprobs,
-                                                       cfg.temperature)
+                                                       cfg.temperature, mask)
             d_logits = losses.topk_kl_backward(w_kl, cache)
-        else:
+        elif sampled is not None:                                 # MiniLLM: sequence-level reverse KL
+            tokens, sampling_probs = sampled
+            parts["kl"], cache = losses.minillm_forward(student_logits, backend.to_device(t_logits), tokens,
+                                                       backend.to_device(sampling_probs), mask)
+            d_logits = losses.minillm_backward(w_kl, cache)
+        elif cfg.jsd_beta is None:                                # live: KL in one direction
             parts["kl"], cache = losses.kl_forward(student_logits, backend.to_device(t_logits),
-                                                  cfg.temperature, cfg.kl_direction)
+                                                  cfg.temperature, cfg.kl_direction, mask)
             d_logits = losses.kl_backward(w_kl, cache)
+        else:                                                     # live: generalized JSD
+            parts["kl"], cache = losses.jsd_forward(student_logits, backend.to_device(t_logits),
+                                                   cfg.jsd_beta, cfg.temperature, mask)
+            d_logits = losses.jsd_backward(w_kl, cache)
         if link.layer_map:
-            parts.update(self.hidden_losses(link, t_hidden, hidden_grads, scale))
+            parts.update(self.hidden_losses(link, t_hidden, hidden_grads, scale, mask))
         return parts, d_logits
 
     def cached_topk(self, link, indices, t_logits):
@@ -186,7 +206,7 @@ class KnowledgeTransfer:
         ids, logprobs = link.cache.get(indices)
         return backend.to_device(ids.astype(np.int64)), backend.to_device(logprobs.astype(self.student.dtype))
 
-    def hidden_losses(self, link, t_hidden, hidden_grads, scale):
+    def hidden_losses(self, link, t_hidden, hidden_grads, scale, mask=None):
         """Hidden-state matching and InfoNCE at each mapped (teacher layer, student layer)
         pair, averaged over the pairs; gradients into hidden_grads and proj_grads."""
         cfg, pairs = self.config, link.layer_map.items()
@@ -199,12 +219,12 @@ class KnowledgeTransfer:
             s_h, proj_w = self.student.hidden_states[s_layer], self.proj_params[name]
             t_h = backend.to_device(t_hidden[t_layer]).astype(s_h.dtype)
             if cfg.hidden_weight > 0:
-                value, cache = forward_fn(s_h, proj_w, t_h)
+                value, cache = forward_fn(s_h, proj_w, t_h, mask)
                 hidden += value / len(pairs)
                 self.add_hidden_grads(name, s_layer, hidden_grads,
                                       backward_fn(link.weight * cfg.hidden_weight * scale / len(pairs), cache))
             if cfg.contrastive_weight > 0:
-                value, cache = losses.contrastive_forward(s_h, proj_w, t_h, cfg.contrastive_temperature)
+                value, cache = losses.contrastive_forward(s_h, proj_w, t_h, cfg.contrastive_temperature, mask)
                 contrastive += value / len(pairs)
                 self.add_hidden_grads(name, s_layer, hidden_grads, losses.contrastive_backward(
                     link.weight * cfg.contrastive_weight * scale / len(pairs), cache))

@@ -5,12 +5,14 @@ student's forward, the losses (cross-entropy on the labels, plus each teacher's 
 KnowledgeTransfer is given), the backward; then clip the gradient norm and take one AdamW step.
 Plain training is the same loop without teachers: the loss is ce_weight · CE (weight 1 by
 default), and the logged loss is that loss. Distillation adds terms; it does not own the step.
+On-policy distillation (training/on_policy.py) swaps a share of the micro-batches for text the
+student writes itself; the step is otherwise the same.
 
 The batch order is a pure function of (seed, micro-batch number): micro-batch m of the run is
 batch m % n of epoch m // n, and each epoch's order is a permutation drawn from
 default_rng((seed, epoch)). So a run resumed at step s sees exactly the batches it would have
-seen, with no random state to save. Ctrl-C sets a flag; the loop stops after the current step
-and the caller saves, so a checkpoint never holds a half-applied update.
+seen, with no random state to save. Ctrl-C (or SIGTERM) sets a flag; the loop stops after
+the current step and the caller saves, so a checkpoint never holds a half-applied update.
 """
 import json
 import math
@@ -24,6 +26,8 @@ from tqdm import tqdm
 from mini_llm import backend
 from mini_llm.model import layers
 from mini_llm.optim import AdamW, clip_grad_norm, get_lr
+from mini_llm.progress import StepClock
+from training import on_policy
 
 
 @dataclass
@@ -39,6 +43,10 @@ class TrainConfig:
     seed: int = 0                   # fixes the batch order
     eval_every: int = 0             # validation every N steps (and at the last step); 0 = never
     save_every: int = 0             # on_save(step) every N steps; 0 = never
+    on_policy_fraction: float = 0.0  # GKD's lambda: share of micro-batches the student writes
+    on_policy_tokens: int = 16      # tokens the student writes per sequence on those batches
+    objective: str = "gkd"          # on student batches: "gkd" token-level divergence, or "minillm"
+    mix_alpha: float = 0.2          # MiniLLM's teacher-mixed sampling: p~ = a p + (1 - a) q
 
 
 def micro_batch(sequences, m, batch_size, seed):
@@ -81,10 +89,13 @@ def make_optimizer(student, distiller=None, lr=3e-4, weight_decay=0.1):
     return AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
-def forward_backward(student, batch, ce_weight=1.0, distiller=None, indices=None, scale=1.0):
+def forward_backward(student, batch, ce_weight=1.0, distiller=None, indices=None, scale=1.0,
+                     mask=None, sampling_probs=None):
     """One micro-batch: forward, losses, backward. batch (b, T+1) token ids: inputs batch[:, :-1],
     targets batch[:, 1:]. Adds scale · d(loss)/d(param) into the grads, where
         loss = ce_weight · CE + (the teachers' terms, when a distiller is given).
+    mask (b, T): the positions the teachers' terms count (None = all). sampling_probs (b, T):
+    with MiniLLM's objective, the probability the sampler gave each target token.
     Returns the loss components, unscaled: {"ce": .., "kl.NAME": .., ..., "total": loss}."""
     inputs, targets = batch[:, :-1], batch[:, 1:]
     logits = student.forward(inputs)                                        # (b, T, V)
@@ -92,7 +103,8 @@ def forward_backward(student, batch, ce_weight=1.0, distiller=None, indices=None
     dlogits = layers.cross_entropy_backward(ce_weight * scale, ce_cache)    # (b, T, V)
     parts, total, hidden_grads = {"ce": float(ce)}, ce_weight * float(ce), {}
     if distiller is not None:
-        terms = distiller.losses(inputs, indices, logits, scale)
+        sampled = None if sampling_probs is None else (backend.to_device(targets), sampling_probs)
+        terms = distiller.losses(inputs, indices, logits, scale, mask, sampled)
         parts.update(terms.parts)
         total += terms.total
         dlogits += terms.dlogits
@@ -108,21 +120,29 @@ def zero_grads(grads):
 
 
 class StopFlag:
-    """Turns Ctrl-C (SIGINT) into a flag the loop checks between steps."""
+    """Turns Ctrl-C (SIGINT) and SIGTERM into a flag the loop checks between steps, so the
+    caller saves a whole step. A second signal raises KeyboardInterrupt at once: quit now,
+    without that save (the previous checkpoint stays as it was)."""
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.stop = False
+        self.stop = None                # the name of the signal that asked to stop
 
     def __enter__(self):
-        self.previous = signal.signal(signal.SIGINT, self.handle)
+        self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
         return self
 
     def handle(self, signum, frame):
-        self.stop = True
-        tqdm.write("Ctrl-C: finishing this step, then saving and exiting")
+        if self.stop:
+            raise KeyboardInterrupt
+        self.stop = signal.Signals(signum).name
+        what = "Ctrl-C" if signum == signal.SIGINT else self.stop
+        tqdm.write(f"{what}: finishing this step, then saving and exiting "
+                   f"(Ctrl-C again quits at once, without this save)")
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 def log_line(step, parts, lr, ms):
@@ -136,9 +156,11 @@ def train(student, optimizer, train_seq, val_seq, config, distiller=None, start_
     """Run optimizer steps start_step..config.steps-1 on `student` (and the projections of
     `distiller`, a KnowledgeTransfer, if given) with `optimizer` (see make_optimizer).
     Evaluates every config.eval_every steps, calls on_save(step) every config.save_every,
-    appends one JSON line per step to metrics_path. Returns (last step done, interrupted?)."""
+    appends one JSON line per step to metrics_path. Returns (last step done, interrupted),
+    interrupted False, or the name of the signal that stopped the run ("SIGINT", "SIGTERM")."""
     c = config
     params, grads = trainable(student, distiller)
+    clock = StepClock(start_step, c.steps)
     metrics = open(metrics_path, "a") if metrics_path else None
     step = start_step
     try:
@@ -152,13 +174,25 @@ def train(student, optimizer, train_seq, val_seq, config, distiller=None, start_
                 for micro in range(c.grad_accum_steps):
                     m = step * c.grad_accum_steps + micro
                     indices, batch = micro_batch(train_seq, m, c.batch_size, c.seed)
-                    micro_parts = forward_backward(student, batch, c.ce_weight, distiller, indices,
-                                                   scale=1.0 / c.grad_accum_steps)
+                    ce_weight, mask, probs, student_wrote = c.ce_weight, None, None, 0.0
+                    if on_policy.is_student_batch(c.seed, m, c.on_policy_fraction):
+                        if c.objective == "minillm":          # teacher-mixed samples, policy gradient
+                            batch, mask, probs = on_policy.mixed_student_batch(
+                                student, distiller.links[0].teacher, batch, c.on_policy_tokens,
+                                c.mix_alpha, (c.seed, m))
+                        else:                                 # GKD: the student's own samples
+                            batch, mask = on_policy.student_batch(student, batch, c.on_policy_tokens, (c.seed, m))
+                        ce_weight, indices, student_wrote = 0.0, None, 1.0
+                    micro_parts = forward_backward(student, batch, ce_weight, distiller, indices,
+                                                   1.0 / c.grad_accum_steps, mask, probs)
+                    if c.on_policy_fraction:
+                        micro_parts["on_policy"] = student_wrote
                     for k, v in micro_parts.items():
                         parts[k] = parts.get(k, 0.0) + v / c.grad_accum_steps
                 grad_norm = clip_grad_norm(grads, c.grad_clip)
                 optimizer.step(params, grads, lr=lr)
                 zero_grads(grads)
+                clock.tick()                    # after a few steps: what the run will take
 
                 ms = 1000 * (time.perf_counter() - t0)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
@@ -174,7 +208,7 @@ def train(student, optimizer, train_seq, val_seq, config, distiller=None, start_
                 if on_save and c.save_every and (step + 1) % c.save_every == 0:
                     on_save(step + 1)
                 if flag.stop:
-                    return step + 1, True
+                    return step + 1, flag.stop
             bar.close()
     finally:
         if metrics:

@@ -14,6 +14,8 @@ counts, None = all count. Every loss is a mean over counted positions: sum_bt w_
 w = mask / sum(mask) (a float mask weights positions; if none counts the loss is 0).
 
     kl             KL(p_t || p_s) or reverse KL(p_s || p_t) on softmax(logits / tau), x tau^2
+    jsd            generalized Jensen-Shannon divergence JSD(beta) between them (GKD), x tau^2
+    minillm        MiniLLM's policy-gradient surrogate of the sequence-level reverse KL
     topk_kl        forward KL against a cached teacher top-k plus one "rest" bucket, x tau^2
     hidden_mse     mean squared error between projected student and teacher hidden states
     hidden_cosine  1 - cosine similarity between them
@@ -55,6 +57,16 @@ def _check_float(name, a, ndim):
 def _check_same_positions(name, a, student):
     if a.shape[:2] != student.shape[:2]:
         raise ValueError(f"{name} has (B, T) = {a.shape[:2]}, the student has {student.shape[:2]}")
+
+
+def _check_logit_pair(student_logits, teacher_logits, temperature):
+    """Both (B, T, V) float arrays of the same vocabulary, and a temperature > 0."""
+    _check_float("student_logits", student_logits, 3)
+    _check_float("teacher_logits", teacher_logits, 3)
+    if teacher_logits.shape != student_logits.shape:
+        raise ValueError(f"teacher_logits shape {teacher_logits.shape} != student_logits shape "
+                         f"{student_logits.shape} (different vocabularies: use uld_forward)")
+    _check_temperature(temperature)
 
 
 def _check_temperature(temperature):
@@ -140,14 +152,9 @@ def kl_forward(student_logits, teacher_logits, temperature=1.0, direction="forwa
     The tau^2 factor keeps the gradient's scale independent of tau: the gradient of the
     softened KL shrinks as 1/tau^2 (Hinton et al. 2015). Returns (loss, cache).
     """
-    _check_float("student_logits", student_logits, 3)
-    _check_float("teacher_logits", teacher_logits, 3)
-    if teacher_logits.shape != student_logits.shape:
-        raise ValueError(f"teacher_logits shape {teacher_logits.shape} != student_logits shape "
-                         f"{student_logits.shape} (different vocabularies: use uld_forward)")
+    _check_logit_pair(student_logits, teacher_logits, temperature)
     if direction not in ("forward", "reverse"):
         raise ValueError(f"unknown KL direction {direction!r}: use 'forward' or 'reverse'")
-    _check_temperature(temperature)
     xp = array_module(student_logits, teacher_logits)
     dtype = np.result_type(student_logits.dtype, teacher_logits.dtype)
     w = _position_weights(mask, student_logits.shape[:2], dtype, xp)              # (B, T)
@@ -174,6 +181,104 @@ def kl_backward(dloss, cache):
     else:
         ds = p_s * (log_ps - log_pt - kl[..., None])
     return (dloss * tau * w[..., None] * ds).astype(dtype, copy=False)
+
+
+# ----------------------------------------------------------------------------- generalized JSD
+
+def jsd_forward(student_logits, teacher_logits, beta=0.5, temperature=1.0, mask=None):
+    """Generalized Jensen-Shannon divergence (GKD, Agarwal et al. 2024, eq. 1), times tau^2.
+
+    With p = softmax(teacher / tau), q = softmax(student / tau) and the mixture
+    m = beta p + (1 - beta) q:
+        JSD(beta) = beta KL(p || m) + (1 - beta) KL(q || m)
+    It is bounded by the binary entropy H(beta) <= log 2 (reached when p and q do not
+    overlap), and interpolates between the two KLs:
+    JSD(beta) / beta -> KL(p || q) (forward) as beta -> 0, JSD(beta) / (1 - beta) -> KL(q || p)
+    (reverse) as beta -> 1. At the ends themselves it would be 0, so beta = 0 and beta = 1 are
+    the forward and reverse KL (as Hugging Face TRL's GKD trainer defines them).
+    Shapes as kl_forward. Returns (loss, cache).
+    """
+    if not 0 <= beta <= 1:
+        raise ValueError(f"jsd beta must lie in [0, 1], got {beta}")
+    if beta in (0, 1):
+        return kl_forward(student_logits, teacher_logits, temperature,
+                          "forward" if beta == 0 else "reverse", mask)
+    _check_logit_pair(student_logits, teacher_logits, temperature)
+    xp = array_module(student_logits, teacher_logits)
+    dtype = np.result_type(student_logits.dtype, teacher_logits.dtype)
+    w = _position_weights(mask, student_logits.shape[:2], dtype, xp)              # (B, T)
+    log_q = log_softmax(student_logits / temperature)                              # (B, T, V)
+    log_p = log_softmax(teacher_logits / temperature)                              # (B, T, V)
+    # log m = log(beta p + (1 - beta) q), as a log-sum-exp of the two (no underflow)
+    a, b = log_p + np.log(beta), log_q + np.log(1 - beta)
+    top = xp.maximum(a, b)
+    log_m = top + xp.log(xp.exp(a - top) + xp.exp(b - top))                      # (B, T, V)
+    jsd = (beta * xp.exp(log_p) * (log_p - log_m)
+           + (1 - beta) * xp.exp(log_q) * (log_q - log_m)).sum(axis=-1)            # (B, T)
+    loss = temperature ** 2 * (w * jsd).sum()
+    return float(loss), ("jsd", log_q, log_m, w, beta, temperature, student_logits.dtype)
+
+
+def jsd_backward(dloss, cache):
+    # forward: J = beta sum p log(p/m) + (1-beta) sum q log(q/m), m = beta p + (1-beta) q.
+    # dJ/dq_v = beta (-p_v/m_v)(1-beta) + (1-beta)(log(q_v/m_v) + 1 - q_v (1-beta)/m_v)
+    #         = (1-beta)(log(q_v/m_v) + 1 - m_v/m_v) = (1-beta) log(q_v/m_v);
+    # then through q = softmax(s): ds = q (g - sum q g), and s = z / tau: dz = dloss tau^2 w ds / tau.
+    if not isinstance(cache[0], str):                         # beta 0 or 1: a plain KL
+        return kl_backward(dloss, cache)
+    _, log_q, log_m, w, beta, tau, dtype = cache
+    xp = array_module(log_q)
+    ds = _softmax_backward((1 - beta) * (log_q - log_m), xp.exp(log_q))
+    return (dloss * tau * w[..., None] * ds).astype(dtype, copy=False)
+
+
+# ----------------------------------------------------------------------------- MiniLLM (sequence-level reverse KL)
+
+def minillm_forward(student_logits, teacher_logits, tokens, sampling_probs, mask):
+    """MiniLLM's policy-gradient surrogate for the sequence-level reverse KL KL(q || p) (Gu et
+    al. 2024, "MiniLLM: Knowledge Distillation of Large Language Models", eqs. 2-6).
+
+    student_logits, teacher_logits (B, T, V) at the positions that predict `tokens` (B, T), the
+    sampled ids; sampling_probs (B, T) the probability p~(y_t) the sampler gave each token
+    (p~ = alpha p + (1 - alpha) q with teacher-mixed sampling, q when alpha = 0); mask (B, T) 1
+    where the token was sampled. With q = softmax(student), p = softmax(teacher), per sampled t:
+        r_t = log p(y_t) - log q(y_t)                    the reward (eq. 2)
+        R_t = mean of r over the sampled t' > t          the length-normalised future (eq. 5)
+        w_t = q(y_t) / p~(y_t)                           token-level importance weight (eq. 6)
+    and the surrogate, whose gradient at fixed samples is the paper's estimate (eqs. 4-6):
+        S = sum_t u_t w_t [ KL(q_t || p_t)  -  R_t log q(y_t) ],   u = mask / sum(mask)
+    where w_t and R_t are constants (not differentiated). The first term is the single-step
+    part, exact over the vocabulary; the second the long-term part. No temperature (tau = 1).
+    Returns (S, cache).
+    """
+    _check_logit_pair(student_logits, teacher_logits, 1.0)
+    xp = array_module(student_logits, teacher_logits)
+    dtype = np.result_type(student_logits.dtype, teacher_logits.dtype)
+    u = _position_weights(mask, student_logits.shape[:2], dtype, xp)              # (B, T)
+    counted = xp.asarray(mask, dtype=dtype)                                        # (B, T) 0/1
+    log_q, log_p = log_softmax(student_logits), log_softmax(teacher_logits)       # (B, T, V)
+    kl = (xp.exp(log_q) * (log_q - log_p)).sum(axis=-1)                            # (B, T)
+    log_q_y = xp.take_along_axis(log_q, tokens[..., None], axis=-1)[..., 0]        # (B, T)
+    r = (xp.take_along_axis(log_p, tokens[..., None], axis=-1)[..., 0] - log_q_y) * counted
+    # R_t: sum and count of the rewards after t (reverse cumulative sums), then their mean
+    later_sum = xp.cumsum(r[:, ::-1], axis=1)[:, ::-1] - r                         # (B, T)
+    later_count = xp.cumsum(counted[:, ::-1], axis=1)[:, ::-1] - counted
+    R = xp.where(later_count > 0, later_sum / xp.maximum(later_count, 1), 0.0)
+    w = xp.where(counted > 0, xp.exp(log_q_y) / xp.where(counted > 0, sampling_probs, 1.0), 0.0)
+    surrogate = float((u * w * (kl - R * log_q_y)).sum())
+    return surrogate, (log_q, log_p, kl, tokens, R, w, u, student_logits.dtype)
+
+
+def minillm_backward(dloss, cache):
+    # forward: S = sum_t u w [KL(q_t || p_t) - R log q(y_t)], w and R constants, q = softmax(z).
+    # d KL(q||p)/dz = q (log q - log p - KL)          (the reverse KL of kl_backward, tau = 1)
+    # d (-R log q(y))/dz = -R (onehot(y) - q)          (softmax + cross-entropy)
+    log_q, log_p, kl, tokens, R, w, u, dtype = cache
+    xp = array_module(log_q)
+    q = xp.exp(log_q)
+    onehot = _scatter_last(xp.ones(tokens.shape + (1,), dtype=q.dtype), tokens[..., None], q.shape[-1])
+    dz = q * (log_q - log_p - kl[..., None]) - R[..., None] * (onehot - q)
+    return (dloss * (u * w)[..., None] * dz).astype(dtype, copy=False)
 
 
 # ----------------------------------------------------------------------------- top-k KL (offline)

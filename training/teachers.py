@@ -21,12 +21,12 @@ in training/knowledge_transfer.py.
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
 from mini_llm import backend
+from mini_llm.files import atomic_write
 from mini_llm.model.transformer import MiniTransformer
 from tokenizer.bpe_tokenizer import BPETokenizer
 from training.losses import teacher_topk
@@ -264,9 +264,7 @@ class TeacherOutputCache:
         self.filled = open_memmap(self.directory / "filled.npy", mode="w+", dtype=np.bool_, shape=shape[:1])
         self.filled[:] = False
         self.filled.flush()
-        tmp = self.directory / "meta.json.tmp"
-        tmp.write_text(json.dumps(self.meta, indent=1))
-        os.replace(tmp, self.directory / "meta.json")
+        atomic_write(self.directory / "meta.json", json.dumps(self.meta, indent=1))
 
     def _indices(self, indices):
         indices = np.asarray(backend.to_host(indices), dtype=np.int64).reshape(-1)
@@ -315,25 +313,47 @@ class TeacherOutputCache:
 
 # ----------------------------------------------------------------------------- command-line specs
 
+def _parse_weight(spec, text):
+    try:
+        weight = float(text)
+    except ValueError:
+        raise ValueError(f"teacher spec {spec!r}: weight {text!r} is not a number") from None
+    if not (math.isfinite(weight) and weight >= 0):
+        raise ValueError(f"teacher spec {spec!r}: weight must be a finite number >= 0, got {text}")
+    return weight
+
+
+def _is_number(text):
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
 def parse_teacher_spec(spec):
-    """"KIND:PATH[:WEIGHT]" -> (kind, path, weight). "mistral" reads as "llama"; an n-gram
-    needs no path. Examples: "llama:models/tiny" -> ("llama", "models/tiny", 1.0);
-    "flux:out/ckpt:0.5" -> ("flux", "out/ckpt", 0.5); "ngram::0.2" -> ("ngram", "", 0.2)."""
-    parts = spec.split(":")
-    kind = parts[0].strip().lower()
+    """"KIND:PATH[:WEIGHT]" or "KIND=PATH" -> (kind, path, weight). "mistral" reads as "llama";
+    an n-gram needs no path. With ':' the last part is the weight when there are three or more;
+    "KIND=PATH" takes the whole rest as the path (for paths holding ':'), weight 1.
+    Examples: "llama:models/tiny" -> ("llama", "models/tiny", 1.0);
+    "flux:out/ckpt:0.5" -> ("flux", "out/ckpt", 0.5); "ngram:0.5" and "ngram::0.5" ->
+    ("ngram", "", 0.5); "llama=C:/models/tiny" -> ("llama", "C:/models/tiny", 1.0)."""
+    head, eq, rest = spec.partition("=")
+    if eq and ":" not in head:                      # KIND=PATH: the path verbatim
+        kind, path, weight = head.strip().lower(), rest, 1.0
+        parts = [head]
+    else:
+        parts = spec.split(":")
+        kind = parts[0].strip().lower()
+        path = ":".join(parts[1:-1]) if len(parts) > 2 else (parts[1] if len(parts) == 2 else "")
+        weight = _parse_weight(spec, parts[-1]) if len(parts) > 2 else 1.0
+        if kind == "ngram" and len(parts) == 2 and _is_number(path):
+            path, weight = "", _parse_weight(spec, path)     # "ngram:0.5": a weight, as it looks
     if kind not in KINDS:
         raise ValueError(f"teacher spec {spec!r}: unknown kind {parts[0]!r}, use one of {', '.join(KINDS)}")
-    path = ":".join(parts[1:-1]) if len(parts) > 2 else (parts[1] if len(parts) == 2 else "")
-    weight = 1.0
-    if len(parts) > 2:
-        try:
-            weight = float(parts[-1])
-        except ValueError:
-            raise ValueError(f"teacher spec {spec!r}: weight {parts[-1]!r} is not a number") from None
-        if not (math.isfinite(weight) and weight >= 0):
-            raise ValueError(f"teacher spec {spec!r}: weight must be a finite number >= 0, got {parts[-1]}")
     if kind != "ngram" and not path:
-        raise ValueError(f"teacher spec {spec!r}: a {kind} teacher needs a path (KIND:PATH[:WEIGHT])")
+        raise ValueError(f"teacher spec {spec!r}: a {kind} teacher needs a path (KIND:PATH[:WEIGHT], "
+                         f"or KIND=PATH for a path holding ':')")
     return ("llama" if kind == "mistral" else kind), path, weight
 
 

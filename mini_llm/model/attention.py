@@ -24,6 +24,12 @@ from mini_llm.model.layers import linear_backward, linear_forward
 
 # ---------------------------------------------------------------------------------------------
 # RoPE, rotate-half layout (as Hugging Face LLaMA/Mistral store q_proj and k_proj)
+#
+# Rotate-half pairs entry i with entry i + D/2 (pair i = (x_i, x_{i+D/2})); the RoFormer paper
+# pairs neighbours (x_2i, x_2i+1). The two are the same up to a fixed permutation of the head's
+# D dimensions: reorder (0, 1, 2, 3, ...) to (0, D/2, 1, D/2+1, ...) and one becomes the other.
+# Since the permutation is fixed it can live in the q_proj / k_proj rows, which is how
+# checkpoints converted from Meta's interleaved layout to Hugging Face's are stored.
 
 
 def rope_cos_sin(seq_len, head_dim, theta, dtype, start=0, xp=None):
@@ -163,6 +169,9 @@ def attention_forward(q, k, v, window, use_kernel=None):
     _kv_group(q, k, v)
     # CuPy arrays: the CUDA kernel of gpu_kernels.py, opt-in until it has run on a GPU
     forward = sliding_window_attention_forward if xp is np else gpu_kernels.sliding_window_attention_forward
+    # lse (B, T, H): the log-sum-exp of each query's scaled scores over its window, log Σ_j
+    # exp(s_tj), softmax's log-denominator. The backward rebuilds p_tj = exp(s_tj - lse_t) from
+    # it instead of keeping the (T, W) probabilities (docs/attention.md §6)
     out, lse = forward(q, k, v, window)
     return out, ("kernel", (q, k, v, out, lse, window))
 

@@ -27,6 +27,8 @@ import math
 import numpy as np
 from numba import njit, parallel_chunksize, prange
 
+from mini_llm.progress import warm_up
+
 BLOCK = 64          # queries (or keys) per parallel task
 
 
@@ -202,6 +204,20 @@ def _heads_major(x):
     return np.ascontiguousarray(x.transpose(0, 2, 1, 3))
 
 
+def _warm_up(dtype, backward=False):
+    """Compile the forward (or backward) kernels for `dtype` on one token, one head, D=1, before
+    their first real call: on a first run that takes seconds, and a notice says so."""
+    x, row = np.zeros((1, 1, 1, 1), dtype), np.zeros((1, 1, 1), dtype)
+    scale = dtype.type(1.0)
+    if backward:
+        warm_up(f"attention backward {dtype}", f"attention backward kernels for {dtype}",
+                lambda: (_backward_dq(x, x, x, x, row, row, 1, scale, x.copy()),
+                         _backward_dkdv(x, x, x, x, row, row, 1, scale, x.copy(), x.copy())))
+    else:
+        warm_up(f"attention forward {dtype}", f"attention forward kernel for {dtype}",
+                lambda: _forward(x, x, x, 1, scale, x.copy(), np.zeros((1, 1, 1), np.float64)))
+
+
 def sliding_window_attention_forward(q, k, v, window):
     """q (B, T, H, D), k/v (B, T, Hkv, D) -> out (B, T, H, D) in q's dtype, lse (B, T, H) float64.
     window None means full causal attention."""
@@ -210,6 +226,7 @@ def sliding_window_attention_forward(q, k, v, window):
     scale = q.dtype.type(1.0 / math.sqrt(D))            # in q's dtype, so float32 stays float32
     out = np.zeros((B, H, T, D), q.dtype)
     lse = np.empty((B, H, T), np.float64)
+    _warm_up(q.dtype)
     with parallel_chunksize(1):          # hand out tasks one by one: a busy core does fewer
         _forward(_heads_major(q), _heads_major(k), _heads_major(v), W, scale, out, lse)
     return np.ascontiguousarray(out.transpose(0, 2, 1, 3)), np.ascontiguousarray(lse.transpose(0, 2, 1))
@@ -226,6 +243,7 @@ def sliding_window_attention_backward(dout, q, k, v, out, lse, window):
     lse_h = np.ascontiguousarray(lse.transpose(0, 2, 1), dtype=q.dtype)                  # (B, H, T)
     delta = np.sum(dout_h * _heads_major(out), axis=-1, dtype=np.float64).astype(q.dtype)  # (B, H, T)
     dq, dk, dv = np.zeros_like(qh), np.zeros_like(kh), np.zeros_like(vh)
+    _warm_up(q.dtype, backward=True)
     with parallel_chunksize(1):
         _backward_dq(qh, kh, vh, dout_h, lse_h, delta, W, scale, dq)
         _backward_dkdv(qh, kh, vh, dout_h, lse_h, delta, W, scale, dk, dv)

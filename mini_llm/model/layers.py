@@ -21,10 +21,22 @@ def embedding_forward(ids, weight):
     return x, (ids, weight.shape)
 
 
+def embedding_backward_reference(dx, cache):
+    """The same dweight (V, C) as embedding_backward, in its plainest form: for every position,
+    add its dx into the row it looked up. np.add.at sums repeats (dweight[ids] += dx would keep
+    only the last of them). tests/test_layers.py pins the two together."""
+    ids, weight_shape = cache
+    xp = array_module(dx)
+    dweight = xp.zeros(weight_shape, dx.dtype)
+    xp.add.at(dweight, ids.reshape(-1), dx.reshape(-1, weight_shape[1]))   # row ids[n] += dx[n]
+    return dweight
+
+
 def embedding_backward(dx, cache):
     """Returns dweight (V, C).
     forward: x[b, t] = weight[ids[b, t]] -> each row of dweight is the sum of the dx of every
-    position that looked it up (a scatter-add: one id may appear many times)."""
+    position that looked it up (a scatter-add: one id may appear many times). The plain form is
+    embedding_backward_reference (np.add.at); this one is the same sum, faster."""
     ids, weight_shape = cache
     xp = array_module(dx)
     V, C = weight_shape
