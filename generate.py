@@ -25,11 +25,13 @@ def main(argv=None):
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="output/checkpoint", help="default: %(default)s")
     p.add_argument("--prompt", default="The model", help="default: %(default)r")
-    p.add_argument("--max_new_tokens", type=int, default=100)
+    p.add_argument("--max_new_tokens", type=int, default=100, help="at most this many; a model "
+                   "without a sliding window stops at its context limit and says so (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: %(default)s)")
-    p.add_argument("--top_k", type=int)
-    p.add_argument("--top_p", type=float)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--top_k", type=int, help="sample among the k most likely tokens (default: all)")
+    p.add_argument("--top_p", type=float, help="sample among the most likely tokens whose mass "
+                   "reaches p (default: 1, all)")
+    p.add_argument("--seed", type=int, help="fixes the sample (default: a new one each run)")
     p.add_argument("--no_cache", action="store_true", help="recompute instead of using the KV cache")
     p.add_argument("--device", choices=["cpu", "gpu", "auto"])
     args = p.parse_args(argv)
