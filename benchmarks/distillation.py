@@ -176,7 +176,9 @@ def fit(model, ce_weight, teachers, distill, train_seq, val_seq, steps, lr, seed
                       ce_weight=ce_weight, grad_clip=1.0, seed=seed, eval_every=args.eval_every,
                       **loop_options)
     start = time.perf_counter()
-    train(model, optimizer, train_seq, val_seq, run, distiller, desc=desc)
+    _, interrupted = train(model, optimizer, train_seq, val_seq, run, distiller, desc=desc)
+    if interrupted:                 # Ctrl-C / SIGTERM: a cut-short run must not enter the table
+        raise SystemExit(f"interrupted ({interrupted}) while training {desc}: no table")
     seconds = time.perf_counter() - start
     return evaluate(model, val_seq, args.batch_size), seconds
 
