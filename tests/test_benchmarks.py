@@ -87,12 +87,16 @@ def test_tokenizer_quick():
     assert "Checked in this run: reference merges == Numba merges; HF encodes our tokenizer.json" in out
 
 
-def test_distillation_quick():
-    out = check_ran(run_benchmark("distillation"))
+def test_distillation_quick(tmp_path):
+    out = check_ran(run_benchmark("distillation", "--on_policy", "--cache_dir", str(tmp_path)))
     assert lines_matching(out, r"^model\s+params\s+steps\s+val loss\s+val ppl")
-    for model in ("teacher", "scratch", "distilled"):
-        assert lines_matching(out, rf"^{model}\s+[\d,]+\s+\d+\s+{NUMBER}\s+{NUMBER}"), model
+    for model in ("teacher", "scratch", "scratch@ce0.2", "distilled"):
+        assert lines_matching(out, rf"^{re.escape(model)}\s+[\d,]+\s+\d+\s+{NUMBER}\s+{NUMBER}"), model
     assert lines_matching(out, rf"^gap closed vs scratch.*= {NUMBER}%")
+    for method in ("kd", "on-policy λ=0.5", "on-policy λ=1", "MiniLLM λ=1", "seq-KD"):
+        for budget in ("equal steps", "equal time") if method != "kd" else ("equal steps",):
+            assert lines_matching(out, rf"^{re.escape(method)}\s+{budget}\s+\d+\s+{NUMBER}\s+{NUMBER}\s+"
+                                       rf"{NUMBER}\s+{NUMBER}x$"), (method, budget)
 
 
 @pytest.mark.gpu                                     # it skips ON a GPU machine
