@@ -11,12 +11,12 @@ teacher's weights and the settings; a later run with the same fingerprint reads 
 """
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from mini_llm import backend
+from mini_llm.files import atomic_write
 from mini_llm.generate import generate
 from training.data import make_sequences
 from training.teachers import sequences_fingerprint
@@ -67,7 +67,8 @@ def check_settings(n, prompt_tokens, teacher, max_seq_length):
 def load_or_write(folder, teacher, train_seq, n, prompt_tokens, seed, eos_id=None):
     """The teacher's n sequences, read from `folder` when its fingerprint matches, else written
     now and saved (sequences first, fingerprint last, each through a rename: a half-written
-    cache has no fingerprint and is written again). Returns (sequences, message)."""
+    cache has no fingerprint and is written again; mini_llm.files.atomic_write). Returns
+    (sequences, message)."""
     folder = Path(folder)
     fingerprint = dict(data=sequences_fingerprint(train_seq), teacher=teacher.name,
                        weights=weights_fingerprint(teacher.model), n=n, prompt_tokens=prompt_tokens,
@@ -81,9 +82,6 @@ def load_or_write(folder, teacher, train_seq, n, prompt_tokens, seed, eos_id=Non
     sequences = teacher_writes(teacher, train_seq, n, prompt_tokens, seed, eos_id)
     folder.mkdir(parents=True, exist_ok=True)
     stamp.unlink(missing_ok=True)                   # invalid until both files are complete
-    with open(folder / "sequences.tmp.npy", "wb") as f:
-        np.save(f, sequences)
-    os.replace(folder / "sequences.tmp.npy", path)
-    (folder / "fingerprint.tmp").write_text(json.dumps(fingerprint, indent=1))
-    os.replace(folder / "fingerprint.tmp", stamp)
+    atomic_write(path, lambda f: np.save(f, sequences))
+    atomic_write(stamp, json.dumps(fingerprint, indent=1))
     return sequences, f"seq-KD: teacher {teacher.name} wrote {n} sequences (saved in {folder})"
