@@ -1,7 +1,7 @@
 """Train a MiniLLM student, alone or distilled from teachers.
 
 Examples
-    python train.py --use_mock                       # whole pipeline, stand-in teachers, < 3 min
+    python train.py --use_mock                       # whole pipeline, stand-in teachers, ~3 min on 2 cores
     python train.py --use_mock --compare_baseline    # + the same student trained without teachers
     python train.py --data_path data/sample_training.txt --hidden_size 64 --num_layers 2 \\
         --num_heads 4 --intermediate_size 192 --max_seq_length 64 --vocab_size 1024 --max_steps 50

@@ -1,7 +1,7 @@
 """Knowledge distillation in one short script, read top to bottom (what `train.py --use_mock`
 does, without the command line, checkpoints and logging).
 
-    python training/mock_training_demo.py            # about half a minute on 2 CPU cores
+    python training/mock_training_demo.py            # 1-4 min on 2 busy CPU cores (README: Demos)
     python training/mock_training_demo.py --steps 30 --plot   # + demos/output/mock_training_demo.png
 
 1. Tokenize the bundled text with a small BPE vocabulary.
