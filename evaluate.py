@@ -15,7 +15,6 @@ from pathlib import Path
 from mini_llm import backend
 from mini_llm.checkpoint import CheckpointError, read_metadata
 from mini_llm.model.transformer import MiniTransformer
-from mini_llm.progress import counting
 from tokenizer.bpe_tokenizer import BPETokenizer
 from training.data import encode_documents, load_texts, make_sequences, split_train_val
 from training.checks import ArgumentParser, describe_os_error, require
@@ -76,9 +75,7 @@ def main(argv=None):
         if overlap:
             print(overlap, file=sys.stderr)
         sequences = make_sequences(encode_documents(tokenizer, texts), seq_len)
-        logits, bar = counting(model, len(sequences), "evaluating")       # minutes on 1 MB
-        with bar:
-            loss = evaluate(logits, sequences, args.batch_size)
+        loss = evaluate(model, sequences, args.batch_size, desc="evaluating")   # minutes on 1 MB
     except (ValueError, CheckpointError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -43,7 +43,6 @@ from mini_llm.checkpoint import CheckpointError
 from mini_llm.files import atomic_write
 from mini_llm.generate import generate
 from mini_llm.model.transformer import MiniTransformer, TransformerConfig
-from mini_llm.progress import counting
 from tokenizer.bpe_tokenizer import BPETokenizer
 from training import checks, mock, on_policy, seq_kd
 from training.data import encode_documents, load_texts, make_sequences, split_train_val
@@ -213,8 +212,7 @@ def parse_args(argv=None):
     on_policy.check_settings(args.on_policy_fraction, args.on_policy_tokens, args.max_seq_length,
                              has_teachers(args), bool(args.teacher_cache_topk), args.objective,
                              args.mix_alpha)
-    if args.seq_kd < 0:
-        raise ValueError(f"--seq_kd must be >= 0, got {args.seq_kd}")
+    seq_kd.check_request(args.seq_kd, args.seq_kd_prompt, args.max_seq_length, has_teachers(args))
     if args.teacher_cache_topk and args.kl_direction != "forward":
         raise ValueError("--teacher_cache_topk caches the target of the forward KL; it cannot "
                          "serve --kl_direction reverse")
@@ -378,13 +376,6 @@ def run(args):
     return report(args, student, distiller, tokenizer, train_seq, val_seq, steps, config) or 0
 
 
-def val_loss(model, val_seq, desc):
-    """evaluate() on the validation sequences, with a bar: at full size it takes minutes."""
-    logits, bar = counting(model, len(val_seq), desc)
-    with bar:
-        return evaluate(logits, val_seq)
-
-
 def train_config(args, steps, ce_weight):
     return TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.learning_rate,
                        warmup_steps=args.warmup_steps, grad_accum_steps=args.grad_accum_steps,
@@ -437,9 +428,9 @@ def report(args, student, distiller, tokenizer, train_seq, val_seq, steps, confi
         if link.same_tokens:                    # perplexities compare only on the same tokens
             teacher_logits = lambda ids: link.teacher.forward(ids)[0]
             rows.append((f"teacher {link.teacher.name}",
-                         math.exp(val_loss(teacher_logits, val_seq, f"evaluating {link.teacher.name}"))))
+                         math.exp(evaluate(teacher_logits, val_seq, desc=f"evaluating {link.teacher.name}"))))
     rows.append(("student (distilled)" if distiller else "student",
-                 math.exp(val_loss(student, val_seq, "evaluating the student"))))
+                 math.exp(evaluate(student, val_seq, desc="evaluating the student"))))
     if args.compare_baseline:
         for ce_weight in sorted({1.0, args.ce_weight}, reverse=True):
             baseline = MiniTransformer(config, seed=args.seed)
@@ -453,7 +444,7 @@ def report(args, student, distiller, tokenizer, train_seq, val_seq, steps, confi
                       f"not reported; the student's checkpoint is saved")
                 return 128 + signal.Signals[stopped]
             rows.append((f"student without teachers (CE weight {ce_weight:g})",
-                         math.exp(val_loss(baseline, val_seq, "evaluating the baseline"))))
+                         math.exp(evaluate(baseline, val_seq, desc="evaluating the baseline"))))
     print("---")
     print(f"{'model':<40} {'val perplexity':>15}")
     for name, ppl in rows:

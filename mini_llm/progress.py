@@ -1,6 +1,7 @@
-"""Progress for the long phases, so that no phase of more than a few seconds is silent:
-a tqdm bar over an evaluation, a one-line notice when a first call (Numba compiling a kernel)
-takes more than a moment, and the measured time per training step with the run's estimate.
+"""Progress for the long phases, so that no phase of more than a few seconds is silent: a
+one-line notice when a first call (Numba compiling a kernel) takes more than a moment, and the
+measured time per training step with the run's estimate. (Evaluations show their own bar:
+training.loop.evaluate(..., desc=...).)
 
 Bars and notices go to stderr (tqdm.write keeps them clear of a running bar); stdout keeps
 the results: tables, log lines, generated text.
@@ -34,20 +35,6 @@ def warm_up(name, what, tiny_call, after=1.0):
         tiny_call()
     finally:
         timer.cancel()
-
-
-def counting(model, total, desc):
-    """(ids -> logits, bar): `model` (a MiniTransformer, or any function ids -> logits) as a
-    function that also advances a tqdm bar of `total` sequences, for training.loop.evaluate,
-    which takes any such function. Close the bar when done (or use it as a context manager)."""
-    forward = model if callable(model) else (lambda ids: model.forward(ids, keep_cache=False))
-    bar = tqdm(total=total, desc=desc, unit="seq", leave=False, dynamic_ncols=True)
-
-    def logits(ids):
-        out = forward(ids)
-        bar.update(len(ids))
-        return out
-    return logits, bar
 
 
 def duration(seconds):

@@ -21,7 +21,8 @@ from tests.gradcheck import assert_close_grad, numerical_grad
 from tokenizer.bpe_tokenizer import BPETokenizer
 from training import losses
 from training.knowledge_transfer import DistillConfig, KnowledgeTransfer
-from training.loop import TrainConfig, forward_backward, make_optimizer, micro_batch, train, trainable
+from training.loop import (TrainConfig, forward_backward, make_optimizer, micro_batch, train, trainable,
+                           zero_grads)
 from training.teachers import NGramTeacher, TeacherOutputCache, TransformerTeacher, load_flux_teacher
 from mini_llm.model.transformer import MiniTransformer, TransformerConfig
 
@@ -79,8 +80,7 @@ def sequences(n=6, vocab_size=V, seed=1):
 
 
 def zero_all(model, distiller):
-    for g in trainable(model, distiller)[1].values():
-        g[...] = 0
+    zero_grads(trainable(model, distiller)[1])
 
 
 def check_whole_step(model, distiller, batch, indices, ce_weight, scale=0.5):

@@ -25,16 +25,22 @@ def test_warm_up_is_silent_when_the_kernel_loads_fast(capsys):
     assert "compiling" not in capsys.readouterr().err
 
 
-def test_counting_evaluates_the_same_and_fills_its_bar():
+def test_evaluate_with_a_bar_evaluates_the_same_and_fills_it(monkeypatch):
+    import training.loop as loop
+    bars, real_tqdm = [], loop.tqdm
+
+    def recording_tqdm(*args, **kwargs):
+        bars.append(real_tqdm(*args, **kwargs))
+        return bars[-1]
+    monkeypatch.setattr(loop, "tqdm", recording_tqdm)
     rng = np.random.default_rng(0)
     logits_table = rng.normal(size=(7, 7))
     model = lambda ids: logits_table[ids]                               # noqa: E731
     sequences = rng.integers(0, 7, size=(5, 4))
-    logits, bar = progress.counting(model, len(sequences), "evaluating")
-    with bar:
-        loss = evaluate(logits, sequences, batch_size=2)
-        assert bar.n == 5
+    loss = evaluate(model, sequences, batch_size=2, desc="evaluating")
+    assert [(b.desc, b.n, b.total) for b in bars] == [("evaluating", 5, 5)]
     assert loss == evaluate(model, sequences, batch_size=2)
+    assert len(bars) == 2 and bars[-1].n == 0                           # no desc: a disabled bar
 
 
 @pytest.mark.parametrize("seconds, text", [(3.21, "3.2 s"), (95, "1.6 min"), (7200, "2.0 h")])

@@ -59,18 +59,22 @@ def micro_batch(sequences, m, batch_size, seed):
     return indices, sequences[indices]
 
 
-def evaluate(model, sequences, batch_size=16):
+def evaluate(model, sequences, batch_size=16, desc=None):
     """Mean next-token cross-entropy over every position of `sequences` (N, T+1); perplexity
     is exp of it. `model`: a MiniTransformer, or any function ids -> logits (a teacher).
-    Inference only: no cache kept."""
+    Inference only: no cache kept. desc: show a progress bar of that name (at full size an
+    evaluation takes minutes)."""
     logits_fn = model if callable(model) else (lambda ids: model.forward(ids, keep_cache=False))
     total, count = 0.0, 0
-    for start in range(0, len(sequences), batch_size):
-        batch = sequences[start:start + batch_size]
-        logits = logits_fn(batch[:, :-1])
-        loss, _ = layers.cross_entropy_forward(logits, backend.to_device(batch[:, 1:]))
-        n = batch[:, 1:].size
-        total, count = total + float(loss) * n, count + n
+    with tqdm(total=len(sequences), desc=desc, unit="seq", leave=False, dynamic_ncols=True,
+              disable=desc is None) as bar:
+        for start in range(0, len(sequences), batch_size):
+            batch = sequences[start:start + batch_size]
+            logits = logits_fn(batch[:, :-1])
+            loss, _ = layers.cross_entropy_forward(logits, backend.to_device(batch[:, 1:]))
+            n = batch[:, 1:].size
+            total, count = total + float(loss) * n, count + n
+            bar.update(len(batch))
     return total / max(count, 1)
 
 
@@ -112,6 +116,18 @@ def forward_backward(student, batch, ce_weight=1.0, distiller=None, indices=None
     student.backward(dlogits, hidden_grads=hidden_grads)
     parts["total"] = total
     return parts
+
+
+def student_written(student, distiller, batch, m, config):
+    """On-policy micro-batch m (training/on_policy.py): the batch's last on_policy_tokens
+    tokens rewritten by the student -> (ids, mask of the written positions, sampling
+    probabilities for MiniLLM or None). No cross-entropy on it: its labels are the student's."""
+    c, seed = config, (config.seed, m)
+    if c.objective == "minillm":            # teacher-mixed samples, scored by a policy gradient
+        return on_policy.mixed_student_batch(student, distiller.links[0].teacher, batch,
+                                             c.on_policy_tokens, c.mix_alpha, seed)
+    ids, mask = on_policy.student_batch(student, batch, c.on_policy_tokens, seed)   # GKD
+    return ids, mask, None
 
 
 def zero_grads(grads):
@@ -174,19 +190,16 @@ def train(student, optimizer, train_seq, val_seq, config, distiller=None, start_
                 for micro in range(c.grad_accum_steps):
                     m = step * c.grad_accum_steps + micro
                     indices, batch = micro_batch(train_seq, m, c.batch_size, c.seed)
-                    ce_weight, mask, probs, student_wrote = c.ce_weight, None, None, 0.0
                     if on_policy.is_student_batch(c.seed, m, c.on_policy_fraction):
-                        if c.objective == "minillm":          # teacher-mixed samples, policy gradient
-                            batch, mask, probs = on_policy.mixed_student_batch(
-                                student, distiller.links[0].teacher, batch, c.on_policy_tokens,
-                                c.mix_alpha, (c.seed, m))
-                        else:                                 # GKD: the student's own samples
-                            batch, mask = on_policy.student_batch(student, batch, c.on_policy_tokens, (c.seed, m))
-                        ce_weight, indices, student_wrote = 0.0, None, 1.0
-                    micro_parts = forward_backward(student, batch, ce_weight, distiller, indices,
-                                                   1.0 / c.grad_accum_steps, mask, probs)
-                    if c.on_policy_fraction:
-                        micro_parts["on_policy"] = student_wrote
+                        batch, mask, probs = student_written(student, distiller, batch, m, c)
+                        micro_parts = forward_backward(student, batch, 0.0, distiller, None,
+                                                       1.0 / c.grad_accum_steps, mask, probs)
+                        micro_parts["on_policy"] = 1.0
+                    else:
+                        micro_parts = forward_backward(student, batch, c.ce_weight, distiller, indices,
+                                                       1.0 / c.grad_accum_steps)
+                        if c.on_policy_fraction:
+                            micro_parts["on_policy"] = 0.0
                     for k, v in micro_parts.items():
                         parts[k] = parts.get(k, 0.0) + v / c.grad_accum_steps
                 grad_norm = clip_grad_norm(grads, c.grad_clip)

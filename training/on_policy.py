@@ -37,6 +37,14 @@ def is_student_batch(seed, m, fraction):
     return bool(np.random.default_rng((seed, m, STREAM)).random() < fraction)
 
 
+def written_mask(rows, M, new_tokens):
+    """(rows, M-1): 1 at the input positions whose next token was written (the last
+    new_tokens tokens of M): input position t predicts token t + 1."""
+    mask = np.zeros((rows, M - 1))
+    mask[:, M - 1 - new_tokens:] = 1.0
+    return mask
+
+
 def student_batch(student, batch, new_tokens, seed):
     """batch (b, M+1) training tokens -> (ids (b, M), mask (b, M-1)): the first M - L tokens of
     each row as the prompt, the last L = new_tokens sampled from the student (temperature 1,
@@ -44,9 +52,7 @@ def student_batch(student, batch, new_tokens, seed):
     M = batch.shape[1] - 1
     prompt = batch[:, :M - new_tokens]                                     # (b, P)
     ids = generate(student, prompt, new_tokens, temperature=1.0, seed=seed)  # (b, M)
-    mask = np.zeros((ids.shape[0], M - 1))
-    mask[:, M - 1 - new_tokens:] = 1.0      # input position t predicts token t + 1
-    return ids, mask
+    return ids, written_mask(len(ids), M, new_tokens)
 
 
 def mixed_student_batch(student, teacher, batch, new_tokens, alpha, seed):
@@ -71,10 +77,9 @@ def mixed_student_batch(student, teacher, batch, new_tokens, alpha, seed):
         probs.append(mix[np.arange(len(y)), y])
         ids = np.concatenate([ids, y[:, None]], axis=1)
         unseen = y[:, None]
-    mask = np.zeros((len(ids), M - 1))
-    mask[:, M - 1 - new_tokens:] = 1.0
-    sampling_probs = np.zeros((len(ids), M - 1))
-    sampling_probs[:, M - 1 - new_tokens:] = np.stack(probs, axis=1)
+    mask = written_mask(len(ids), M, new_tokens)
+    sampling_probs = np.zeros(mask.shape)
+    sampling_probs[mask > 0] = np.stack(probs, axis=1).reshape(-1)          # row by row
     return ids, mask, sampling_probs
 
 

@@ -45,14 +45,24 @@ def teacher_writes(teacher, train_seq, n, prompt_tokens, seed, eos_id=None):
     return make_sequences(written.reshape(-1), M)[:n]
 
 
-def check_settings(n, prompt_tokens, teacher, max_seq_length):
+def check_request(n, prompt_tokens, max_seq_length, has_teacher):
+    """The settings alone, before any work: N >= 0, a prompt that leaves room, a teacher."""
     if n < 0:
         raise ValueError(f"--seq_kd must be >= 0, got {n}")
     if n == 0:
         return
-    if teacher is None:
+    if not 1 <= prompt_tokens < max_seq_length:
+        raise ValueError(f"--seq_kd_prompt must lie in [1, {max_seq_length - 1}], got {prompt_tokens}")
+    if not has_teacher:
         raise ValueError("--seq_kd needs a teacher that writes text: a transformer teacher "
                          "(--teacher llama:... or flux:..., or --use_mock); an n-gram cannot")
+
+
+def check_settings(n, prompt_tokens, teacher, max_seq_length):
+    """The request, then the writer itself (the first transformer teacher, or None)."""
+    check_request(n, prompt_tokens, max_seq_length, teacher is not None)
+    if n == 0:
+        return
     if teacher.tokenizer is not None:
         raise ValueError(f"--seq_kd: teacher {teacher.name} has its own tokenizer; its text must be "
                          "in the student's tokens")
@@ -60,8 +70,6 @@ def check_settings(n, prompt_tokens, teacher, max_seq_length):
         raise ValueError(f"--seq_kd: teacher {teacher.name} reads at most "
                          f"{teacher.model.config.max_seq_length} tokens, fewer than the student's "
                          f"max_seq_length {max_seq_length}")
-    if not 1 <= prompt_tokens < max_seq_length:
-        raise ValueError(f"--seq_kd_prompt must lie in [1, {max_seq_length - 1}], got {prompt_tokens}")
 
 
 def load_or_write(folder, teacher, train_seq, n, prompt_tokens, seed, eos_id=None):
