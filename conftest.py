@@ -1,4 +1,5 @@
-# Puts the repository root on sys.path so tests import mini_llm, tokenizer and training as packages.
+# Tests import the library as installed (pip install -e .); this file being at the root lets
+# pytest import `tests` as a package too (tests/errors.py, the shared one-line-error check).
 #
 # CI strictness: under CI=true (also CI=1 / CI=True) a skip fails the run, unless the test (or the
 # module) is marked `gpu`. A missing outside reference (torch, transformers, tokenizers,

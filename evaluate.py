@@ -10,27 +10,13 @@ import argparse
 import json
 import math
 import sys
-from pathlib import Path
 
 from mini_llm import backend
 from mini_llm.checkpoint import CheckpointError, read_metadata
-from mini_llm.model.transformer import MiniTransformer
-from tokenizer.bpe_tokenizer import BPETokenizer
 from training.data import encode_documents, load_texts, make_sequences, split_train_val
 from training.checks import ArgumentParser, describe_os_error, require
 from training.loop import evaluate
-from training.run_checkpoint import readable_copy
-
-
-def load_checkpoint(folder):
-    """(model, tokenizer) from a train.py checkpoint folder; one-line errors if incomplete."""
-    folder = readable_copy(folder)        # a save cut short: its newest complete copy
-    if not folder.exists():               # most often: nothing trained yet
-        raise ValueError(f"no checkpoint at {folder}: run `python train.py --use_mock` first "
-                         "(it writes output/checkpoint), or pass --checkpoint FOLDER")
-    if not (folder / "tokenizer.json").is_file():
-        raise ValueError(f"{folder}: no tokenizer.json (pass a train.py checkpoint folder)")
-    return MiniTransformer.from_pretrained(folder), BPETokenizer.load(folder / "tokenizer.json")
+from training.run_checkpoint import load_checkpoint, readable_copy
 
 
 def training_overlap(checkpoint, texts):

@@ -14,11 +14,11 @@ import time
 
 import numpy as np
 
-from evaluate import load_checkpoint
 from mini_llm import backend
 from mini_llm.checkpoint import CheckpointError
 from mini_llm.generate import STOP_CONTEXT_LIMIT, generate
 from training.checks import ArgumentParser, check_generation, describe_os_error
+from training.run_checkpoint import load_checkpoint
 
 
 def main(argv=None):

@@ -20,13 +20,11 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 import numba
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # run from anywhere, no install
-from mini_llm.model.attention import attention_backward, attention_forward  # noqa: E402
+from mini_llm.model.attention import attention_backward, attention_forward
 
 
 def fwd_bwd(q, k, v, dout, window, use_kernel):

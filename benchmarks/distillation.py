@@ -45,15 +45,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # run from anywhere, no install
-from mini_llm.model.transformer import MiniTransformer, TransformerConfig  # noqa: E402
-from tokenizer.bpe_tokenizer import BPETokenizer  # noqa: E402
-from training.data import encode_documents, load_texts, make_sequences, split_train_val  # noqa: E402
-from training.knowledge_transfer import DistillConfig, KnowledgeTransfer  # noqa: E402
-from training.loop import TrainConfig, evaluate, make_optimizer, train  # noqa: E402
-from training import seq_kd  # noqa: E402
-from mini_llm.generate import generate  # noqa: E402
-from training.teachers import TransformerTeacher  # noqa: E402
+from mini_llm.model.transformer import MiniTransformer, TransformerConfig
+from tokenizer.bpe_tokenizer import BPETokenizer
+from training.data import encode_documents, load_texts, make_sequences, split_train_val
+from training.knowledge_transfer import DistillConfig, KnowledgeTransfer
+from training.loop import TrainConfig, evaluate, make_optimizer, train
+from training import seq_kd
+from mini_llm.generate import generate
+from training.teachers import TransformerTeacher
 
 SAMPLE_TEXT = Path(__file__).resolve().parents[1] / "data" / "sample_training.txt"
 PROSE_ROOTS = [Path("/usr/share/doc"), Path("/usr/share/common-licenses")]
@@ -255,7 +254,7 @@ def main():
                             hidden_loss=args.hidden_loss, temperature=args.temperature,
                             kl_direction=args.kl_direction)
     distilled = MiniTransformer(student_config, seed=args.seed)          # the same init as scratch
-    teachers = [(TransformerTeacher("teacher", "flux", teacher), 1.0)]
+    teachers = [(TransformerTeacher("teacher", "minillm", teacher), 1.0)]
     rows.append(("distilled", distilled, args.student_steps,
                  *fit(distilled, args.ce_weight, teachers, distill, train_seq, val_seq,
                       args.student_steps, args.lr, args.seed, args, "distilled")))

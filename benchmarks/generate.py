@@ -24,7 +24,6 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 
 def parse_args():
@@ -46,7 +45,6 @@ if ARGS is not None:
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # run from anywhere, no install
 import mini_llm.generate as generation  # noqa: E402
 from mini_llm.model.transformer import MiniTransformer, TransformerConfig  # noqa: E402
 

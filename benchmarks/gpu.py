@@ -36,7 +36,6 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 
 def parse_args():
@@ -57,8 +56,6 @@ if ARGS is not None:
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # run from anywhere, no install
-sys.path.insert(0, str(Path(__file__).resolve().parent))         # train_step.py, beside this file
 from mini_llm import backend  # noqa: E402
 from mini_llm.model import attention, gpu_kernels, layers  # noqa: E402
 from mini_llm.model.transformer import MiniTransformer, TransformerConfig  # noqa: E402
@@ -325,7 +322,7 @@ def main():
     del model
     free_memory(torch)
     print(f"(c) FLOPs/step = 6 * {n_matmul:,} * {batch * seq} + 12 * {config.num_layers} * {batch} * "
-          f"{band_area(seq, config.sliding_window)} * {config.num_heads} * {config.head_size} "
+          f"{band_area(seq, config.sliding_window)} * {config.num_heads} * {config.head_dim} "
           f"= {flops / 1e9:.1f} GFLOP; share of the measured matmul rate above")
     print_train_table(medians, flops, tflops, batch * seq)
 

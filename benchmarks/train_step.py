@@ -33,7 +33,6 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 
 def parse_args():
@@ -56,7 +55,6 @@ if ARGS is not None:
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # run from anywhere, no install
 from mini_llm import backend  # noqa: E402
 from mini_llm.model import attention, layers  # noqa: E402
 from mini_llm.model.transformer import MiniTransformer, TransformerConfig  # noqa: E402
@@ -89,7 +87,7 @@ def torch_model(torch, params, config, seq=SEQ, device="cpu"):
     """The Mistral decoder in torch ops, holding float32 copies of `params` on `device`."""
     F = torch.nn.functional
     c = config
-    H, Hkv, D = c.num_heads, c.num_kv_heads, c.head_size
+    H, Hkv, D = c.num_heads, c.num_kv_heads, c.head_dim
     cos, sin = (torch.tensor(a, device=device)
                 for a in attention.rope_cos_sin(c.max_seq_length, D, c.rope_theta, np.float32))
     band = torch.tensor(attention.window_mask(seq, seq, c.sliding_window), device=device)  # True = visible
@@ -167,7 +165,7 @@ def flops_per_step(params, config, batch, seq):
     matmul_params = sum(p.size for n, p in params.items() if p.ndim == 2 and "embed_tokens" not in n)
     if c.tie_word_embeddings:                   # the embedding table is also the LM head
         matmul_params += c.vocab_size * c.hidden_size
-    attn = 12 * c.num_layers * batch * band_area(seq, c.sliding_window) * c.num_heads * c.head_size
+    attn = 12 * c.num_layers * batch * band_area(seq, c.sliding_window) * c.num_heads * c.head_dim
     return 6 * matmul_params * batch * seq + attn, matmul_params
 
 
@@ -321,7 +319,7 @@ def main():
     flops, n_matmul = flops_per_step(model.params, config, batch, SEQ)
     tokens = batch * SEQ
     print(f"FLOPs/step = 6 * {n_matmul:,} * {tokens} + 12 * {config.num_layers} * {batch} * "
-          f"{band_area(SEQ, config.sliding_window)} * {config.num_heads} * {config.head_size} = {flops / 1e9:.2f} GFLOP; "
+          f"{band_area(SEQ, config.sliding_window)} * {config.num_heads} * {config.head_dim} = {flops / 1e9:.2f} GFLOP; "
           f"np.matmul 2048^3 float32: {gflops:.1f} GFLOP/s")
     medians = {name: float(np.median(t)) for name, t in times.items() if t}
     base = medians.get("PyTorch eager")

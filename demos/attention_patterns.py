@@ -8,23 +8,21 @@ travels through a stack of windowed layers, and how the rolling KV cache reuses 
    positions' outputs, which each read W-1 further back, so after l layers the earliest
    position that can influence t is t - l(W-1). Computed here by propagating reachability
    through l copies of the band (a boolean matrix product per layer), then compared with the formula.
-3. The rolling KV cache (`mini_llm.generate.KVCache`): W slots; position p is written to slot
+3. The rolling KV cache (`mini_llm.model.kv_cache.KVCache`): W slots; position p is written to slot
    p % W, overwriting position p - W, exactly the one that just left the window. The cached
    logits are compared with a full forward over the whole sequence.
 """
 import argparse
 import importlib.util
 import os
-import sys
+
+import numpy as np
+
+from mini_llm.model.kv_cache import KVCache
+from mini_llm.model.attention import window_mask
+from mini_llm.model.transformer import MiniTransformer, TransformerConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-
-import numpy as np  # noqa: E402
-
-from mini_llm.generate import KVCache, forward_with_cache  # noqa: E402
-from mini_llm.model.attention import window_mask  # noqa: E402
-from mini_llm.model.transformer import MiniTransformer, TransformerConfig  # noqa: E402
 
 
 def grid(mask, seen="#", hidden="."):
@@ -89,7 +87,7 @@ def rolling_cache(window, steps, seed=0):
     history, worst = [], 0.0
     chunks = [(0, prompt_len)] + [(p, p + 1) for p in range(prompt_len, prompt_len + steps)]
     for n, (lo, hi) in enumerate(chunks):
-        logits = forward_with_cache(model, ids[:, lo:hi], cache)                 # (1, hi-lo, V)
+        logits = model.forward(ids[:, lo:hi], keep_cache=False, kv_cache=cache)  # (1, hi-lo, V)
         full = model.forward(ids[:, :hi], keep_cache=False)[:, lo:hi]            # (1, hi-lo, V)
         worst = max(worst, float(np.abs(logits - full).max()))
         slots = [int(s) for s in cache.slot_pos]

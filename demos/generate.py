@@ -5,10 +5,11 @@ prompt, and the speed the KV cache buys.
     python demos/generate.py --checkpoint output/checkpoint --prompt "The model"
 
 Without --checkpoint the demo trains what it samples from: a BPETokenizer (small vocabulary) on
-data/sample_training.txt, then a 2-layer MiniTransformer for a few hundred AdamW steps with the
-plain loop (forward, cross-entropy, backward, clip, step). It is tiny and undertrained: expect
-word-like fragments, not prose. With --checkpoint it loads a folder train.py wrote
-(config.json, model.safetensors, tokenizer.json).
+90% of data/sample_training.txt, then a 2-layer MiniTransformer for a few hundred AdamW steps
+with the project's loop (training/loop.py's `train`, as train.py runs it without teachers),
+printing the validation loss five times. It is tiny and undertrained: expect word-like
+fragments, not prose. With --checkpoint it loads a folder train.py wrote (config.json,
+model.safetensors, tokenizer.json) through training/run_checkpoint.py's `load_checkpoint`.
 
 What the knobs do to the next-token distribution p = softmax(logits / temperature):
     temperature 0   always the most likely token (greedy): deterministic, often repetitive
@@ -16,64 +17,48 @@ What the knobs do to the next-token distribution p = softmax(logits / temperatur
     top-k k         keep the k most likely tokens, renormalise
     top-p p         keep the smallest set of most likely tokens whose mass reaches p
                     (nucleus sampling): the cut adapts to how peaked p is
-The KV cache (mini_llm.generate.KVCache) keeps each layer's keys and values, so each new token
+The KV cache (mini_llm.model.kv_cache.KVCache) keeps each layer's keys and values, so each new token
 costs one position of work instead of re-running the whole context.
 """
 import argparse
 import importlib.util
 import os
-import sys
 import time
 
+import numpy as np
+
+from mini_llm.generate import generate
+from mini_llm.model.transformer import MiniTransformer, TransformerConfig
+from tokenizer.bpe_tokenizer import BPETokenizer
+from training.data import encode_documents, load_texts, make_sequences, split_train_val
+from training.loop import TrainConfig, make_optimizer, train
+from training.run_checkpoint import load_checkpoint
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-
-import numpy as np  # noqa: E402
-
-from mini_llm.generate import generate  # noqa: E402
-from mini_llm.model.layers import cross_entropy_backward, cross_entropy_forward  # noqa: E402
-from mini_llm.model.transformer import MiniTransformer, TransformerConfig  # noqa: E402
-from mini_llm.optim import AdamW, clip_grad_norm, get_lr  # noqa: E402
-from tokenizer.bpe_tokenizer import BPETokenizer  # noqa: E402
-from training.data import encode_documents, load_texts, make_sequences  # noqa: E402
-
 DATA = os.path.join(REPO_ROOT, "data", "sample_training.txt")
-
-
-def load_checkpoint(directory):
-    """(model, tokenizer) from a train.py checkpoint folder."""
-    if not os.path.isfile(os.path.join(directory, "tokenizer.json")):
-        raise SystemExit(f"{directory}: no tokenizer.json (expected a folder written by train.py, "
-                         "e.g. output/checkpoint)")
-    return MiniTransformer.from_pretrained(directory), BPETokenizer.load(directory)
 
 
 def train_tiny(args):
     """Tokenizer + 2-layer model trained on the sample text. Returns (model, tokenizer)."""
     t0 = time.perf_counter()
-    texts = load_texts(DATA)
-    tokenizer = BPETokenizer(vocab_size=args.vocab_size).train(texts)
-    sequences = make_sequences(encode_documents(tokenizer, texts), args.seq_len)      # (S, T+1)
+    train_texts, val_texts = split_train_val(load_texts(DATA), 0.1, seed=args.seed)
+    tokenizer = BPETokenizer(vocab_size=args.vocab_size).train(train_texts)
+    train_seq, val_seq = (make_sequences(encode_documents(tokenizer, texts), args.seq_len)   # (S, T+1)
+                          for texts in (train_texts, val_texts))
     config = TransformerConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_layers=2, num_heads=4,
                                num_kv_heads=2, intermediate_size=192, max_seq_length=256)
     model = MiniTransformer(config, seed=args.seed)
     print(f"trained a BPE tokenizer ({tokenizer.vocab_size} tokens) and cut the text into "
-          f"{len(sequences)} sequences of {args.seq_len} tokens ({time.perf_counter() - t0:.1f} s)")
+          f"{len(train_seq)} training and {len(val_seq)} validation sequences of {args.seq_len} tokens "
+          f"({time.perf_counter() - t0:.1f} s)")
     print(f"training a {model.num_parameters():,}-parameter model for {args.steps} steps "
           f"(batch {args.batch_size}, peak lr {args.lr:g})")
-    opt = AdamW(model.params, lr=args.lr, weight_decay=0.1)
-    rng = np.random.default_rng(args.seed)
+    # the loop of train.py: warm-up then cosine, clip at norm 1, AdamW with weight decay 0.1
+    run = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                      warmup_steps=max(1, args.steps // 10), seed=args.seed, eval_every=max(1, args.steps // 5))
     t0 = time.perf_counter()
-    for step in range(args.steps):
-        batch = sequences[rng.integers(0, len(sequences), size=args.batch_size)]
-        logits = model.forward(batch[:, :-1])                          # (B, T, V)
-        loss, cache = cross_entropy_forward(logits, batch[:, 1:])
-        model.zero_grad()
-        model.backward(cross_entropy_backward(1.0, cache))
-        clip_grad_norm(model.grads, 1.0)
-        opt.step(model.params, model.grads, lr=get_lr(step, args.lr, max(1, args.steps // 10), args.steps))
-        if step == 0 or (step + 1) % max(1, args.steps // 5) == 0:
-            print(f"step {step + 1} | loss {float(loss):.3f} | {time.perf_counter() - t0:.1f} s")
+    train(model, make_optimizer(model, lr=args.lr), train_seq, val_seq, run, desc="tiny model")
+    print(f"trained in {time.perf_counter() - t0:.1f} s")
     return model, tokenizer
 
 
@@ -160,7 +145,13 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(REPO_ROOT, "demos", "output"), help="default: %(default)s")
     args = p.parse_args(argv)
 
-    model, tokenizer = load_checkpoint(args.checkpoint) if args.checkpoint else train_tiny(args)
+    if args.checkpoint:
+        try:
+            model, tokenizer = load_checkpoint(args.checkpoint)
+        except ValueError as e:                       # CheckpointError is one too: one line
+            raise SystemExit(f"error: {e}") from None
+    else:
+        model, tokenizer = train_tiny(args)
     prompt_ids = np.array([tokenizer.encode(args.prompt)], dtype=np.int64)
     if prompt_ids.shape[1] == 0:
         raise SystemExit("--prompt must not be empty")

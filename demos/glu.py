@@ -18,16 +18,14 @@ steps, same learning rate, same data, same seed for the draws.
 import argparse
 import importlib.util
 import os
-import sys
+
+import numpy as np
+
+from mini_llm.model.layers import (linear_backward, linear_forward, silu_backward, silu_forward,
+                                   swiglu_backward, swiglu_forward)
+from mini_llm.optim import AdamW
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-
-import numpy as np  # noqa: E402
-
-from mini_llm.model.layers import (linear_backward, linear_forward, silu_backward, silu_forward,  # noqa: E402
-                                   swiglu_backward, swiglu_forward)
-from mini_llm.optim import AdamW  # noqa: E402
 
 
 def plain_ffn_forward(x, w1, w2):

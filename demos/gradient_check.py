@@ -4,7 +4,7 @@ whole tiny model.
 
     python demos/gradient_check.py [--attention reference|kernel] [--plot]
 
-The check (tests/gradcheck.py): nudge one entry of x by ±eps and watch a scalar f change,
+The check (mini_llm/gradcheck.py): nudge one entry of x by ±eps and watch a scalar f change,
     df/dx_i ≈ (f(x + eps e_i) - f(x - eps e_i)) / (2 eps)
 A layer's output is an array, so it is turned into a scalar by projecting onto a fixed random
 dy: f = Σ y·dy. The gradient of that f is exactly what `thing_backward(dy, cache)` returns.
@@ -18,19 +18,17 @@ That is why gradient checks run in float64.
 import argparse
 import importlib.util
 import os
-import sys
+
+import numpy as np
+
+from mini_llm.gradcheck import numerical_grad, rel_error
+from mini_llm.model.layers import cross_entropy_backward, cross_entropy_forward, rmsnorm_backward, rmsnorm_forward
+from mini_llm.model.transformer import MiniTransformer, TransformerConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-
-import numpy as np  # noqa: E402
-
-from mini_llm.model.layers import cross_entropy_backward, cross_entropy_forward, rmsnorm_backward, rmsnorm_forward  # noqa: E402
-from mini_llm.model.transformer import MiniTransformer, TransformerConfig  # noqa: E402
-from tests.gradcheck import numerical_grad, rel_error  # noqa: E402
 
 NORM_EPS = 1e-5        # RMSNorm's own epsilon (inside the sqrt), not the finite-difference step
-STEP = 1e-6            # the finite-difference step eps of parts 1 and 3 (tests/gradcheck.py's default)
+STEP = 1e-6            # the finite-difference step eps of parts 1 and 3 (mini_llm/gradcheck.py's default)
 TOLERANCE = 1e-6       # the project's bar for a float64 check
 
 

@@ -6,7 +6,7 @@
    scores and masks all but W per row: O(T²) work and memory. `kernels.sliding_window_attention_forward`
    visits only the W keys of each query's window: O(T·W). One row per (T, W): the max abs
    difference of the outputs, then median times and the ratio, measured in the same run.
-2. BPE training (tokenizer/bpe_tokenizer.py). The reference `get_pair_counts` counts every
+2. BPE training (tokenizer/byte_bpe.py). The reference `get_pair_counts` counts every
    adjacent pair in plain Python; `train_reference` recounts everything after each merge. The
    Numba path (`bpe_kernels.new_train_state` + `train_init`, then `train_fast`) counts once
    into hash tables and afterwards only updates the words a merge touches. Same counts, same
@@ -18,21 +18,19 @@ import argparse
 import importlib.util
 import collections
 import os
-import sys
 import time
 
+import numpy as np
+import regex
+
+from mini_llm.model.attention import attention_reference_forward
+from mini_llm.model.kernels import sliding_window_attention_forward
+from tokenizer import bpe_kernels
+from tokenizer.bpe_tokenizer import PATTERNS, split_isolated
+from tokenizer.byte_bpe import get_pair_counts, train_fast, train_reference
+from training.data import load_texts
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-
-import numpy as np  # noqa: E402
-import regex  # noqa: E402
-
-from mini_llm.model.attention import attention_reference_forward  # noqa: E402
-from mini_llm.model.kernels import sliding_window_attention_forward  # noqa: E402
-from tokenizer import bpe_kernels  # noqa: E402
-from tokenizer.bpe_tokenizer import PATTERNS, get_pair_counts, split_isolated, train_fast, train_reference  # noqa: E402
-from training.data import load_texts  # noqa: E402
-
 DATA = os.path.join(REPO_ROOT, "data", "sample_training.txt")
 
 

@@ -20,15 +20,14 @@ and mini_llm.optim.AdamW updates them.
 import argparse
 import importlib.util
 import os
-import sys
+
+import numpy as np
+
+from mini_llm.model.layers import softmax
+from mini_llm.optim import AdamW
+from training.losses import kl_backward, kl_forward
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-
-import numpy as np  # noqa: E402
-
-from mini_llm.optim import AdamW  # noqa: E402
-from training.losses import kl_backward, kl_forward, softmax  # noqa: E402
 
 MODES, MODE_STD, MODE_WEIGHT = (-2.5, 2.5), 0.6, 0.5
 

@@ -14,14 +14,12 @@ import argparse
 import importlib.util
 import math
 import os
-import sys
+
+import numpy as np
+
+from mini_llm.model.attention import apply_rope, rope_cos_sin
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-
-import numpy as np  # noqa: E402
-
-from mini_llm.model.attention import apply_rope, rope_cos_sin  # noqa: E402
 
 
 def rope_at(x, position, theta):

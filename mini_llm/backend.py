@@ -42,11 +42,6 @@ def xp():
     return _xp
 
 
-def device():
-    """"cpu" or "gpu"."""
-    return _device
-
-
 def array_module(*arrays):
     """numpy or cupy: the library that owns these arrays (numpy for plain Python values)."""
     for a in arrays:

@@ -1,10 +1,10 @@
 """Tests for mini_llm/model/attention.py: RoPE, the sliding-window mask, the dense reference
 attention (against a loop written from the definition, and against PyTorch), and float64
-finite-difference gradient checks of every backward (see tests/gradcheck.py)."""
+finite-difference gradient checks of every backward (see mini_llm/gradcheck.py)."""
 import numpy as np
 import pytest
 
-from tests.gradcheck import assert_close_grad, numerical_grad
+from mini_llm.gradcheck import assert_close_grad, numerical_grad
 from mini_llm.model.attention import (
     apply_rope, attention_reference_backward, attention_reference_forward, rope_backward,
     rope_cos_sin, rope_forward, self_attention_backward, self_attention_forward, window_mask)

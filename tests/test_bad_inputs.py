@@ -16,7 +16,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import evaluate as evaluate_cli
@@ -29,7 +28,8 @@ from mini_llm.optim import AdamW
 from tokenizer.bpe_tokenizer import BPETokenizer
 from training.data import load_texts
 from training.run_checkpoint import newest_complete, siblings
-from training.teachers import parse_teacher_spec
+from training.teacher_specs import parse_teacher_spec
+from tests.errors import assert_one_error
 from tests.test_train_cli import assert_same_arrays, saved_arrays
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,17 +61,6 @@ def error_line(err):
     errors = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error:")]
     assert len(errors) == 1, err
     return errors[0]
-
-
-def assert_one_error(result, *named):
-    """Exit code 2, stderr exactly one `error:` line, naming each of `named`."""
-    code, _, err = result
-    assert code == 2, (code, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    for name in named:
-        assert str(name) in lines[0], (name, lines[0])
-    return lines[0]
 
 
 def snapshot(folder):
@@ -303,7 +292,7 @@ def test_train_arguments_fail_before_any_work(case, data, tmp_path):
 
 
 def test_teacher_shorter_than_the_sequences_is_refused_before_the_tokenizer(data, finished, tmp_path):
-    assert_one_error(call(cli.main, tiny(data, tmp_path, "--teacher", f"flux:{finished}/checkpoint",
+    assert_one_error(call(cli.main, tiny(data, tmp_path, "--teacher", f"minillm:{finished}/checkpoint",
                                          "--max_seq_length", 32)), "max_position_embeddings", "32")
     assert not (tmp_path / "tokenizer.json").exists()
 
@@ -358,7 +347,7 @@ def test_config_fields_of_the_wrong_type(bad_config, data, tmp_path):
         MiniTransformer.from_pretrained(folder)
     assert_one_error(call(evaluate_cli.main, ["--checkpoint", folder, "--data_path", data]), field, "config.json")
     assert_one_error(call(generate_cli.main, ["--checkpoint", folder]), field, "config.json")
-    assert_one_error(call(cli.main, tiny(data, tmp_path / "out", "--teacher", f"flux:{folder}")),
+    assert_one_error(call(cli.main, tiny(data, tmp_path / "out", "--teacher", f"minillm:{folder}")),
                      field, "config.json")
 
 
@@ -500,8 +489,7 @@ def replace(src, dst):
         os.kill(os.getpid(), signal.SIGKILL)
 
 os.replace = replace
-sys.path.insert(0, os.getcwd())                 # the repository root
-import train
+import train                                    # installed: pip install -e .
 sys.exit(train.main(sys.argv[3:]))
 """
 

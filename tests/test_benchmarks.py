@@ -75,7 +75,7 @@ def test_generate_quick():
 
 
 def test_tokenizer_quick():
-    out = check_ran(run_benchmark("tokenizer"))
+    out = check_ran(run_benchmark("tokenizer_speed"))
     assert "note: --quick" in out and "repeats 1;" in out
     assert lines_matching(out, r"^measurement\s+ours\s+reference\s+HF\s+ratio\s+target\s+met$")
     rows = {

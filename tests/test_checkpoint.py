@@ -5,13 +5,15 @@ package's) must decode to the exact rounded values; every bad input must fail wi
 naming the problem; and a failed write must leave the old file untouched.
 """
 import json
+from functools import partial
 
 import numpy as np
 import pytest
 
-from mini_llm import checkpoint
+from mini_llm import checkpoint, safetensors_file
 from mini_llm.checkpoint import CheckpointError
 from mini_llm.model.transformer import MiniTransformer, TransformerConfig
+from tests.errors import one_line_error
 
 
 def tiny_config(**overrides):
@@ -30,15 +32,8 @@ def saved_model(directory, dtype=np.float32, **overrides):
     return model
 
 
-def one_line_error(fn, *needles):
-    """Call fn, expect a CheckpointError whose single-line message names every needle."""
-    with pytest.raises(CheckpointError) as info:
-        fn()
-    message = str(info.value)
-    assert "\n" not in message
-    for needle in needles:
-        assert str(needle) in message, message
-    return message
+# call fn, expect a CheckpointError whose one-line message names every needle
+checkpoint_error = partial(one_line_error, error=CheckpointError)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,20 +60,20 @@ def test_round_trip_gives_identical_logits(case, dtype, tmp_path):
     np.testing.assert_array_equal(loaded.forward(token_ids()), model.forward(token_ids()))
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["torch_dtype"] == np.dtype(dtype).name
-    assert ("lm_head.weight" in checkpoint.read_safetensors(tmp_path / "model.safetensors")) \
+    assert ("lm_head.weight" in safetensors_file.read_safetensors(tmp_path / "model.safetensors")) \
         == (case != "tied")
 
 
 @pytest.mark.parametrize("stored", ["float16", "bfloat16"])
 def test_half_precision_files_load_as_the_rounded_weights(stored, tmp_path):
     model = saved_model(tmp_path, num_kv_heads=2)
-    checkpoint.write_safetensors(tmp_path / "model.safetensors", model.params, dtype=stored)
+    safetensors_file.write_safetensors(tmp_path / "model.safetensors", model.params, dtype=stored)
     loaded = MiniTransformer.from_pretrained(tmp_path)
     for name, p in model.params.items():
         if stored == "float16":
             rounded = p.astype(np.float16).astype(np.float32)
         else:
-            rounded = checkpoint.bfloat16_bits_to_float32(checkpoint.float32_to_bfloat16_bits(p))
+            rounded = safetensors_file.bfloat16_bits_to_float32(safetensors_file.float32_to_bfloat16_bits(p))
         np.testing.assert_array_equal(loaded.params[name], rounded, err_msg=name)
         assert np.max(np.abs(loaded.params[name] - p)) <= np.max(np.abs(p)) * 2.0 ** -8
 
@@ -90,7 +85,7 @@ def test_sharded_checkpoint(tmp_path):
     shards = {"model-00001-of-00002.safetensors": names[:7],
               "model-00002-of-00002.safetensors": names[7:]}
     for shard, shard_names in shards.items():
-        checkpoint.write_safetensors(tmp_path / shard, {n: model.params[n] for n in shard_names},
+        safetensors_file.write_safetensors(tmp_path / shard, {n: model.params[n] for n in shard_names},
                                      metadata={"format": "pt"})
     weight_map = {n: shard for shard, shard_names in shards.items() for n in shard_names}
     (tmp_path / "model.safetensors.index.json").write_text(
@@ -103,13 +98,13 @@ def test_tied_file_with_lm_head_equal_to_embedding_is_accepted(tmp_path):
     model = saved_model(tmp_path, tie_word_embeddings=True)
     tensors = dict(model.params, **{"lm_head.weight": model.params["model.embed_tokens.weight"],
                                     "model.rotary_emb.inv_freq": np.ones(2, np.float32)})
-    checkpoint.write_safetensors(tmp_path / "model.safetensors", tensors)
+    safetensors_file.write_safetensors(tmp_path / "model.safetensors", tensors)
     loaded = MiniTransformer.from_pretrained(tmp_path)
     assert "lm_head.weight" not in loaded.params
     tensors["lm_head.weight"] = tensors["lm_head.weight"] + 1
-    checkpoint.write_safetensors(tmp_path / "model.safetensors", tensors)
-    one_line_error(lambda: checkpoint.load_pretrained(tmp_path), "lm_head.weight differs",
-                   "tie_word_embeddings")
+    safetensors_file.write_safetensors(tmp_path / "model.safetensors", tensors)
+    checkpoint_error(lambda: checkpoint.load_pretrained(tmp_path), "lm_head.weight differs",
+                     "tie_word_embeddings")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,9 +118,9 @@ def test_bfloat16_rounds_to_nearest_even():
     # 1+3*2^-8 is halfway between 0x3F81 and 0x3F82: even is 0x3F82; just above half rounds up;
     # float32 max rounds up past the largest bfloat16, to inf.
     expected = [0x3F80, 0x3F80, 0x3F82, 0x3F81, 0xC020, 0x7F80, 0xFF80, 0x7F80]
-    assert checkpoint.float32_to_bfloat16_bits(x).tolist() == expected
-    nan = checkpoint.float32_to_bfloat16_bits(np.array([np.nan], np.float32))
-    assert np.isnan(checkpoint.bfloat16_bits_to_float32(nan)).all()
+    assert safetensors_file.float32_to_bfloat16_bits(x).tolist() == expected
+    nan = safetensors_file.float32_to_bfloat16_bits(np.array([np.nan], np.float32))
+    assert np.isnan(safetensors_file.bfloat16_bits_to_float32(nan)).all()
 
 
 def test_every_dtype_round_trips_with_metadata(tmp_path):
@@ -136,15 +131,15 @@ def test_every_dtype_round_trips_with_metadata(tmp_path):
                "i32": np.array([7, -1], np.int32), "scalar": np.float32(2.5).reshape(()),
                "empty": np.zeros((0, 4), np.float32)}
     path = tmp_path / "t.safetensors"
-    checkpoint.write_safetensors(path, tensors, metadata={"note": "hi"})
+    safetensors_file.write_safetensors(path, tensors, metadata={"note": "hi"})
     raw = path.read_bytes()
     assert (8 + int.from_bytes(raw[:8], "little")) % 8 == 0      # data starts 8-aligned
-    back = checkpoint.read_safetensors(path)
-    assert checkpoint.read_metadata(path) == {"note": "hi"}
+    back = safetensors_file.read_safetensors(path)
+    assert safetensors_file.read_metadata(path) == {"note": "hi"}
     for name, array in tensors.items():
         assert back[name].dtype == array.dtype and back[name].shape == array.shape
         np.testing.assert_array_equal(back[name], array)
-    as64 = checkpoint.read_safetensors(path, dtype=np.float64)
+    as64 = safetensors_file.read_safetensors(path, dtype=np.float64)
     assert as64["f16"].dtype == np.float64 and as64["i64"].dtype == np.int64
 
 
@@ -154,8 +149,8 @@ def test_files_are_interchangeable_with_the_safetensors_package(tmp_path):
     tensors = {"a": rng.normal(size=(3, 4)).astype(np.float32), "b": rng.normal(size=7),
                "c": rng.normal(size=(2, 3)).astype(np.float16), "d": np.arange(5, dtype=np.int64)}
     st.save_file(tensors, str(tmp_path / "theirs.safetensors"), metadata={"format": "pt"})
-    ours = checkpoint.read_safetensors(tmp_path / "theirs.safetensors")
-    checkpoint.write_safetensors(tmp_path / "ours.safetensors", tensors)
+    ours = safetensors_file.read_safetensors(tmp_path / "theirs.safetensors")
+    safetensors_file.write_safetensors(tmp_path / "ours.safetensors", tensors)
     theirs = st.load_file(str(tmp_path / "ours.safetensors"))
     for name, array in tensors.items():
         np.testing.assert_array_equal(ours[name], array)
@@ -170,9 +165,9 @@ def test_bfloat16_agrees_with_torch_and_safetensors(tmp_path):
     x[0, :4] = [1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8, np.inf, -0.0]
     torch_bf16 = torch.from_numpy(x).to(torch.bfloat16)
     st.save_file({"w": torch_bf16}, str(tmp_path / "theirs.safetensors"))
-    read = checkpoint.read_safetensors(tmp_path / "theirs.safetensors")["w"]
+    read = safetensors_file.read_safetensors(tmp_path / "theirs.safetensors")["w"]
     np.testing.assert_array_equal(read, torch_bf16.float().numpy())
-    checkpoint.write_safetensors(tmp_path / "ours.safetensors", {"w": x}, dtype="bfloat16")
+    safetensors_file.write_safetensors(tmp_path / "ours.safetensors", {"w": x}, dtype="bfloat16")
     theirs = st.load_file(str(tmp_path / "ours.safetensors"))["w"]
     assert theirs.dtype == torch.bfloat16
     assert torch.equal(theirs.view(torch.int16), torch_bf16.view(torch.int16))
@@ -210,11 +205,11 @@ def test_published_llama_config():
 
 def test_transformers5_mistral_config():
     config = checkpoint.config_from_hf(MISTRAL_TRANSFORMERS5)
-    assert (config.head_dim, config.head_size, config.hidden_size) == (128, 128, 5120)
+    assert (config.head_dim, config.hidden_size) == (128, 5120)
     assert (config.rope_theta, config.sliding_window, config.num_kv_heads) == (1e6, None, 8)
     windowed = dict(MISTRAL_TRANSFORMERS5, sliding_window=4096, head_dim=160)
     assert checkpoint.config_from_hf(windowed).sliding_window == 4096
-    assert checkpoint.config_from_hf(windowed).head_dim is None       # 5120 / 32: the default
+    assert checkpoint.config_from_hf(windowed).head_dim == 160        # 5120 / 32: the default
 
 
 @pytest.mark.parametrize("case", CONFIGS)
@@ -234,9 +229,9 @@ def test_config_round_trip(case):
     ({"minillm_version": 99}, ["minillm_version 99"]),
 ])
 def test_unsupported_configs_are_refused(change, needles):
-    one_line_error(lambda: checkpoint.config_from_hf(dict(LLAMA2_PUBLISHED, **change),
-                                                     source="x/config.json"),
-                   "x/config.json", *needles)
+    checkpoint_error(lambda: checkpoint.config_from_hf(dict(LLAMA2_PUBLISHED, **change),
+                                                       source="x/config.json"),
+                     "x/config.json", *needles)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,25 +239,25 @@ def test_unsupported_configs_are_refused(change, needles):
 
 
 def test_missing_directory_config_and_weights(tmp_path):
-    one_line_error(lambda: checkpoint.load_pretrained(tmp_path / "nope"), "nope", "does not exist")
-    one_line_error(lambda: checkpoint.load_pretrained(tmp_path), "no config.json")
+    checkpoint_error(lambda: checkpoint.load_pretrained(tmp_path / "nope"), "nope", "does not exist")
+    checkpoint_error(lambda: checkpoint.load_pretrained(tmp_path), "no config.json")
     (tmp_path / "config.json").write_text(json.dumps(checkpoint.config_to_hf(tiny_config())))
-    one_line_error(lambda: checkpoint.load_pretrained(tmp_path), "no model.safetensors")
+    checkpoint_error(lambda: checkpoint.load_pretrained(tmp_path), "no model.safetensors")
     (tmp_path / "config.json").write_text("{not json")
-    one_line_error(lambda: checkpoint.load_pretrained(tmp_path), "config.json", "not valid JSON")
+    checkpoint_error(lambda: checkpoint.load_pretrained(tmp_path), "config.json", "not valid JSON")
 
 
 def test_missing_mis_shaped_and_unexpected_tensors(tmp_path):
     model = saved_model(tmp_path)
     path = tmp_path / "model.safetensors"
     name = "model.layers.1.mlp.up_proj.weight"
-    checkpoint.write_safetensors(path, {n: p for n, p in model.params.items() if n != name})
-    one_line_error(lambda: checkpoint.load_pretrained(tmp_path), path, name, "missing")
-    checkpoint.write_safetensors(path, dict(model.params, **{name: np.zeros((24, 15))}))
-    one_line_error(lambda: checkpoint.load_pretrained(tmp_path), path, name, "(24, 15)", "(24, 16)")
-    checkpoint.write_safetensors(path, dict(model.params, **{"model.layers.0.mlp.bias": np.ones(3)}))
-    one_line_error(lambda: checkpoint.load_pretrained(tmp_path), "unexpected tensor",
-                   "model.layers.0.mlp.bias")
+    safetensors_file.write_safetensors(path, {n: p for n, p in model.params.items() if n != name})
+    checkpoint_error(lambda: checkpoint.load_pretrained(tmp_path), path, name, "missing")
+    safetensors_file.write_safetensors(path, dict(model.params, **{name: np.zeros((24, 15))}))
+    checkpoint_error(lambda: checkpoint.load_pretrained(tmp_path), path, name, "(24, 15)", "(24, 16)")
+    safetensors_file.write_safetensors(path, dict(model.params, **{"model.layers.0.mlp.bias": np.ones(3)}))
+    checkpoint_error(lambda: checkpoint.load_pretrained(tmp_path), "unexpected tensor",
+                     "model.layers.0.mlp.bias")
 
 
 def test_truncated_and_corrupt_files(tmp_path):
@@ -270,29 +265,29 @@ def test_truncated_and_corrupt_files(tmp_path):
     path = tmp_path / "model.safetensors"
     good = path.read_bytes()
     path.write_bytes(good[:len(good) // 2])
-    one_line_error(lambda: checkpoint.load_pretrained(tmp_path), path, "outside", "truncated")
+    checkpoint_error(lambda: checkpoint.load_pretrained(tmp_path), path, "outside", "truncated")
     path.write_bytes(good[:40])
-    one_line_error(lambda: checkpoint.read_safetensors(path), path, "header length", "beyond")
+    checkpoint_error(lambda: safetensors_file.read_safetensors(path), path, "header length", "beyond")
     path.write_bytes(good[:5])
-    one_line_error(lambda: checkpoint.read_safetensors(path), path, "too short")
+    checkpoint_error(lambda: safetensors_file.read_safetensors(path), path, "too short")
     n = int.from_bytes(good[:8], "little")
     path.write_bytes(good[:8] + b"{" + b"x" * (n - 1) + good[8 + n:])
-    one_line_error(lambda: checkpoint.read_safetensors(path), path, "corrupt safetensors header")
+    checkpoint_error(lambda: safetensors_file.read_safetensors(path), path, "corrupt safetensors header")
     header = json.dumps({"w": {"dtype": "C64", "shape": [1], "data_offsets": [0, 8]}}).encode()
     path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(8))
-    one_line_error(lambda: checkpoint.read_safetensors(path), path, "dtype C64")
-    one_line_error(lambda: checkpoint.read_safetensors(tmp_path / "absent.safetensors"),
-                   "absent.safetensors", "cannot open")
+    checkpoint_error(lambda: safetensors_file.read_safetensors(path), path, "dtype C64")
+    checkpoint_error(lambda: safetensors_file.read_safetensors(tmp_path / "absent.safetensors"),
+                     "absent.safetensors", "cannot open")
 
 
 def test_unstorable_input_is_refused(tmp_path):
     path = tmp_path / "t.safetensors"
-    one_line_error(lambda: checkpoint.write_safetensors(path, {"w": np.ones(2)}, dtype="int8"),
-                   "int8")
-    one_line_error(lambda: checkpoint.write_safetensors(path, {"w": np.ones(2, np.complex64)}),
-                   "complex64")
-    one_line_error(lambda: checkpoint.write_safetensors(path, {"w": np.ones(2)},
-                                                        metadata={"step": 3}), "'step'")
+    checkpoint_error(lambda: safetensors_file.write_safetensors(path, {"w": np.ones(2)}, dtype="int8"),
+                     "int8")
+    checkpoint_error(lambda: safetensors_file.write_safetensors(path, {"w": np.ones(2, np.complex64)}),
+                     "complex64")
+    checkpoint_error(lambda: safetensors_file.write_safetensors(path, {"w": np.ones(2)},
+                                                          metadata={"step": 3}), "'step'")
     assert not path.exists()
 
 
@@ -303,7 +298,7 @@ def test_unstorable_input_is_refused(tmp_path):
 def test_failed_write_leaves_the_old_file_intact(tmp_path, monkeypatch):
     saved_model(tmp_path)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    real_encode, calls = checkpoint._encode, []
+    real_encode, calls = safetensors_file._encode, []
 
     def encode_then_fail(array, code):          # fails after some bytes are already written
         calls.append(code)
@@ -311,13 +306,13 @@ def test_failed_write_leaves_the_old_file_intact(tmp_path, monkeypatch):
             raise OSError("disk full")
         return real_encode(array, code)
 
-    monkeypatch.setattr(checkpoint, "_encode", encode_then_fail)
+    monkeypatch.setattr(safetensors_file, "_encode", encode_then_fail)
     with pytest.raises(OSError, match="disk full"):
         MiniTransformer(tiny_config(), seed=2).save_pretrained(tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before   # and no temp files
     calls.clear()
     with pytest.raises(OSError):
-        checkpoint.write_safetensors(tmp_path / "new.safetensors",
+        safetensors_file.write_safetensors(tmp_path / "new.safetensors",
                                      {str(i): np.ones(2) for i in range(4)})
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)
 
@@ -340,8 +335,8 @@ def test_training_state_round_trip(tmp_path):
     resumed = np.random.default_rng()
     resumed.bit_generator.state = loaded_meta["rng"]
     np.testing.assert_array_equal(resumed.normal(size=3), expected_next.normal(size=3))
-    one_line_error(lambda: checkpoint.save_training_state(path, state, {"x": object()}),
-                   "not JSON-serialisable")
+    checkpoint_error(lambda: checkpoint.save_training_state(path, state, {"x": object()}),
+                     "not JSON-serialisable")
     saved_model(tmp_path)
-    one_line_error(lambda: checkpoint.load_training_state(tmp_path / "model.safetensors"),
-                   "not a MiniLLM training state")
+    checkpoint_error(lambda: checkpoint.load_training_state(tmp_path / "model.safetensors"),
+                     "not a MiniLLM training state")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tokenizer.bpe_tokenizer import BPETokenizer
-from training.data import encode_documents, iterate_batches, load_texts, make_sequences, split_train_val
+from training.data import encode_documents, load_texts, make_sequences, read_data_file, split_train_val
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample_training.txt"
 
@@ -84,6 +84,15 @@ def test_bad_files_raise_one_line(tmp_path, case):
 def test_invalid_utf8_names_byte_offset(tmp_path):
     with pytest.raises(ValueError, match="3"):
         load_texts(write(tmp_path, "u.txt", b"abc\xff"))
+
+
+def test_read_data_file_replace_and_ignore(tmp_path):
+    """--encoding_errors: strict names the offset; replace puts U+FFFD per bad byte; ignore drops them."""
+    bad = write(tmp_path, "bad.txt", "héllo ".encode() + b"\xff\xfe rest")
+    with pytest.raises(ValueError, match="byte offset 7"):
+        read_data_file(bad)
+    assert read_data_file(bad, errors="replace") == "héllo \ufffd\ufffd rest"
+    assert read_data_file(bad, errors="ignore") == "héllo  rest"
 
 
 def test_missing_file_raises_one_line(tmp_path):
@@ -198,22 +207,3 @@ def test_make_sequences_bad_input_one_line(stream, seq_len, expected):
     with pytest.raises(ValueError) as err:
         make_sequences(np.array(stream), seq_len)
     assert expected in str(err.value) and "\n" not in str(err.value)
-
-
-# ----------------------------------------------------------------------------- iterate_batches
-
-def test_iterate_batches_is_one_shuffled_epoch_with_partial_last_batch():
-    seqs = np.arange(30).reshape(10, 3)
-    batches = list(iterate_batches(seqs, 4, np.random.default_rng(0)))
-    assert [len(idx) for idx, _ in batches] == [4, 4, 2]
-    order = np.concatenate([idx for idx, _ in batches])
-    assert sorted(order.tolist()) == list(range(10)) and order.tolist() != list(range(10))
-    for idx, batch in batches:
-        assert np.array_equal(batch, seqs[idx])
-    again = np.concatenate([idx for idx, _ in iterate_batches(seqs, 4, np.random.default_rng(0))])
-    assert np.array_equal(order, again)
-
-
-def test_iterate_batches_bad_batch_size():
-    with pytest.raises(ValueError, match="batch_size"):
-        list(iterate_batches(np.zeros((3, 2)), 0, np.random.default_rng(0)))

@@ -180,7 +180,7 @@ def definitions(path):
 
 
 def code_files():
-    patterns = ["mini_llm/**/*.py", "training/*.py", "tokenizer/*.py", "demos/*.py", "tests/gradcheck.py", "train.py"]
+    patterns = ["mini_llm/**/*.py", "training/*.py", "tokenizer/*.py", "demos/*.py", "train.py"]
     return [p for pattern in patterns for p in ROOT.glob(pattern)]
 
 

@@ -17,16 +17,18 @@ import numba
 import numpy as np
 import pytest
 
-from tests.gradcheck import assert_close_grad, numerical_grad
+from mini_llm.gradcheck import assert_close_grad, numerical_grad
 from tokenizer.bpe_tokenizer import BPETokenizer
 from training import losses
 from training.knowledge_transfer import DistillConfig, KnowledgeTransfer
 from training.loop import (TrainConfig, forward_backward, make_optimizer, micro_batch, train, trainable,
                            zero_grads)
-from training.teachers import NGramTeacher, TeacherOutputCache, TransformerTeacher, load_flux_teacher
+from training.ngram_teacher import NGramTeacher
+from training.teacher_cache import TeacherOutputCache
+from training.teachers import TransformerTeacher, load_minillm_teacher
 from mini_llm.model.transformer import MiniTransformer, TransformerConfig
 
-V = 24                          # the shared vocabulary of student, flux and n-gram teachers
+V = 24                          # the shared vocabulary of student, minillm and n-gram teachers
 T = 7                           # positions per sequence (sequences hold T + 1 tokens)
 
 
@@ -55,15 +57,15 @@ def sharpened(model, std=0.4, seed=3):
     return model
 
 
-def flux_teacher(tmp_path, vocab_size=V, tokenizer=None, name="flux"):
-    """A MiniLLM checkpoint (3 layers, width 12), saved and loaded back as a "flux" teacher."""
+def minillm_teacher(tmp_path, vocab_size=V, tokenizer=None, name="minillm"):
+    """A MiniLLM checkpoint (3 layers, width 12), saved and loaded back as a "minillm" teacher."""
     config = TransformerConfig(vocab_size=vocab_size, hidden_size=12, num_layers=3, num_heads=2,
                                num_kv_heads=2, intermediate_size=16, max_seq_length=32)
     folder = tmp_path / name
     sharpened(MiniTransformer(config, seed=5, dtype=np.float64), seed=6).save_pretrained(folder)
     if tokenizer is not None:
         tokenizer.save(folder / "tokenizer.json")
-    return load_flux_teacher(folder, name=name, dtype=np.float64)
+    return load_minillm_teacher(folder, name=name, dtype=np.float64)
 
 
 def ngram_teacher(vocab_size=V, seed=0):
@@ -102,30 +104,30 @@ def check_whole_step(model, distiller, batch, indices, ce_weight, scale=0.5):
 
 EVERY_TERM = DistillConfig(kl_weight=0.7, hidden_weight=0.4, contrastive_weight=0.3, temperature=2.0,
                            kl_direction="reverse", hidden_loss="cosine",
-                           layer_map='{"flux": {"1": 1, "3": 2}}')
+                           layer_map='{"minillm": {"1": 1, "3": 2}}')
 
 
 def test_whole_step_gradient_live_teachers(tmp_path):
     """Two teachers of unequal weights (a MiniLLM checkpoint, an n-gram), reverse KL at tau 2,
     cosine hidden matching and InfoNCE through two projections, a layer map, scale 0.5."""
     model = student()
-    distiller = KnowledgeTransfer(model, [(flux_teacher(tmp_path), 0.75), (ngram_teacher(), 0.25)],
+    distiller = KnowledgeTransfer(model, [(minillm_teacher(tmp_path), 0.75), (ngram_teacher(), 0.25)],
                                   EVERY_TERM, seed=0)
-    assert sorted(distiller.proj_params) == ["proj.flux.1->1", "proj.flux.3->2"]
+    assert sorted(distiller.proj_params) == ["proj.minillm.1->1", "proj.minillm.3->2"]
     parts = check_whole_step(model, distiller, sequences(2), None, ce_weight=0.3)
-    assert set(parts) == {"ce", "kl.flux", "hidden.flux", "contrastive.flux", "kl.ngram", "total"}
-    expected = (0.3 * parts["ce"] + 0.75 * (0.7 * parts["kl.flux"] + 0.4 * parts["hidden.flux"]
-                                            + 0.3 * parts["contrastive.flux"]) + 0.25 * 0.7 * parts["kl.ngram"])
+    assert set(parts) == {"ce", "kl.minillm", "hidden.minillm", "contrastive.minillm", "kl.ngram", "total"}
+    expected = (0.3 * parts["ce"] + 0.75 * (0.7 * parts["kl.minillm"] + 0.4 * parts["hidden.minillm"]
+                                            + 0.3 * parts["contrastive.minillm"]) + 0.25 * 0.7 * parts["kl.ngram"])
     assert parts["total"] == pytest.approx(expected, rel=1e-12)
 
 
 def test_whole_step_gradient_offline_topk_cache(tmp_path):
     """The same two teachers read from a top-k cache (k < V, so the "rest" bucket is used);
-    forward KL, as the cache stores; MSE hidden matching still runs the flux teacher."""
+    forward KL, as the cache stores; MSE hidden matching still runs the minillm teacher."""
     model = student()
     config = DistillConfig(kl_weight=0.7, hidden_weight=0.4, contrastive_weight=0.3, temperature=2.0,
-                           hidden_loss="mse", layer_map='{"flux": {"2": 1}}')
-    distiller = KnowledgeTransfer(model, [(flux_teacher(tmp_path), 0.75), (ngram_teacher(), 0.25)],
+                           hidden_loss="mse", layer_map='{"minillm": {"2": 1}}')
+    distiller = KnowledgeTransfer(model, [(minillm_teacher(tmp_path), 0.75), (ngram_teacher(), 0.25)],
                                   config, seed=0)
     data = sequences(6)
     for link in distiller.links:
@@ -134,7 +136,7 @@ def test_whole_step_gradient_offline_topk_cache(tmp_path):
     indices = np.array([4, 1])
     parts = check_whole_step(model, distiller, data[indices], indices, ce_weight=0.3)
     assert all(link.cache.has(indices) for link in distiller.links)     # the cache was filled
-    assert {"kl.flux", "hidden.flux", "contrastive.flux", "kl.ngram"} <= parts.keys()
+    assert {"kl.minillm", "hidden.minillm", "contrastive.minillm", "kl.ngram"} <= parts.keys()
 
 
 def test_whole_step_gradient_cross_vocabulary(tmp_path):
@@ -144,7 +146,7 @@ def test_whole_step_gradient_cross_vocabulary(tmp_path):
     s_tok = BPETokenizer(vocab_size=262, special_tokens=["<|endoftext|>"]).train(text)
     t_tok = BPETokenizer(vocab_size=270, special_tokens=["<|endoftext|>"]).train(text)
     model = student(vocab_size=s_tok.vocab_size, tie_word_embeddings=True, hidden_size=4)
-    teachers = [(flux_teacher(tmp_path, t_tok.vocab_size, t_tok), 0.6),
+    teachers = [(minillm_teacher(tmp_path, t_tok.vocab_size, t_tok), 0.6),
                 (ngram_teacher(s_tok.vocab_size), 0.4)]
     config = DistillConfig(kl_weight=0.7, temperature=2.0, kl_direction="reverse", cross_vocab=True)
     distiller = KnowledgeTransfer(model, teachers, config, s_tok, seed=0)
@@ -152,7 +154,8 @@ def test_whole_step_gradient_cross_vocabulary(tmp_path):
     ids = np.array([s_tok.encode(t)[:T + 1] for t in ["the cat sat on the mat", "a bird in the hand"]])
     assert ids.shape == (2, T + 1)
     parts = check_whole_step(model, distiller, ids, None, ce_weight=0.3)
-    assert parts["kl.flux"] > 0 and parts["kl.ngram"] > 0
+    assert parts["uld.minillm"] > 0 and parts["kl.ngram"] > 0        # ULD is logged as itself
+    assert "kl.minillm" not in parts
 
 
 def test_plain_training_step_is_the_cross_entropy():
@@ -174,7 +177,7 @@ def test_kl_only_distillation_moves_the_student_to_its_teacher(tmp_path):
     has the student's architecture (so the student can fit it) and other weights; 50 steps must
     halve the KL on sequences not trained on."""
     model = MiniTransformer(student_config(), seed=0)
-    teacher = TransformerTeacher("twin", "flux", sharpened(MiniTransformer(student_config(), seed=7), seed=8))
+    teacher = TransformerTeacher("twin", "minillm", sharpened(MiniTransformer(student_config(), seed=7), seed=8))
     data, held_out = sequences(32, seed=2), sequences(8, seed=3)
     before = kl_to_teacher(model, teacher, held_out)
     distiller = KnowledgeTransfer(model, [(teacher, 1.0)], DistillConfig(kl_weight=1.0))
@@ -191,7 +194,7 @@ def grads_of(model, distiller, batch, indices=None, ce_weight=0.0, scale=1.0):
 
 
 def test_topk_cache_with_k_equal_to_v_is_the_live_teacher(tmp_path):
-    teachers = [(flux_teacher(tmp_path), 0.7), (ngram_teacher(), 0.3)]
+    teachers = [(minillm_teacher(tmp_path), 0.7), (ngram_teacher(), 0.3)]
     config = DistillConfig(kl_weight=0.9, temperature=2.0)
     data, indices = sequences(4), np.array([2, 0, 3])
     model = student()
@@ -202,7 +205,7 @@ def test_topk_cache_with_k_equal_to_v_is_the_live_teacher(tmp_path):
                                                       V, 2.0, len(data), T))
     for attempt in ("filling the cache", "reading it back"):
         cached = grads_of(model, offline, data[indices], indices, 0.2)
-        for name in ("kl.flux", "kl.ngram", "total"):      # the cache stores float32 log-probs
+        for name in ("kl.minillm", "kl.ngram", "total"):      # the cache stores float32 log-probs
             assert cached[0][name] == pytest.approx(live[0][name], rel=1e-6), (attempt, name)
         for name, g in live[1].items():
             np.testing.assert_allclose(cached[1][name], g, rtol=1e-5, atol=1e-8, err_msg=attempt)
@@ -225,8 +228,8 @@ def test_two_accumulated_micro_batches_are_one_batch_of_twice_the_size(tmp_path)
     here (grad_clip 0), so a wrong scale cannot be hidden by the clip; InfoNCE is off because
     its negatives are the batch, so it is not a sum over sequences."""
     data = sequences(12, seed=4)
-    teacher = flux_teacher(tmp_path)
-    config = DistillConfig(kl_weight=0.8, hidden_weight=0.5, layer_map='{"flux": {"2": 1}}')
+    teacher = minillm_teacher(tmp_path)
+    config = DistillConfig(kl_weight=0.8, hidden_weight=0.5, layer_map='{"minillm": {"2": 1}}')
     runs = {}
     for batch_size, accum in ((4, 2), (8, 1)):
         model = student(dtype=np.float32)
@@ -245,7 +248,7 @@ def test_two_accumulated_micro_batches_are_one_batch_of_twice_the_size(tmp_path)
         np.testing.assert_allclose(grads2[name], grads1[name], rtol=2e-4, atol=1e-7, err_msg=name)
         np.testing.assert_allclose(params2[name], params1[name], rtol=1e-5, atol=1e-6, err_msg=name)
     row2, row1 = json.loads(log2), json.loads(log1)
-    for key in ("ce", "kl.flux", "hidden.flux", "kl.ngram", "total", "grad_norm"):
+    for key in ("ce", "kl.minillm", "hidden.minillm", "kl.ngram", "total", "grad_norm"):
         assert row2[key] == pytest.approx(row1[key], rel=1e-5), key
 
 
@@ -269,7 +272,7 @@ def expected_kl_dlogits(s, t, tau, direction):
 @pytest.mark.parametrize("tau,direction", [(1.0, "forward"), (2.0, "forward"), (0.5, "reverse"),
                                            (3.0, "reverse")])
 def test_temperature_and_direction_change_the_gradient_as_the_formula_says(tmp_path, tau, direction):
-    teacher = flux_teacher(tmp_path)
+    teacher = minillm_teacher(tmp_path)
     batch = sequences(3)
     model = student()
     distiller = KnowledgeTransfer(model, [(teacher, 1.0)],
@@ -286,19 +289,19 @@ def test_temperature_and_direction_change_the_gradient_as_the_formula_says(tmp_p
 def test_teacher_weight_scales_exactly_its_share(tmp_path):
     """G(w) = G_others + w · G_teacher: the weight multiplies the teacher's gradient (KL and
     hidden terms) and its share of the logged loss, and nothing else."""
-    flux, ngram = flux_teacher(tmp_path), ngram_teacher()
-    config = DistillConfig(kl_weight=0.8, hidden_weight=0.5, layer_map='{"flux": {"3": 2}}')
+    minillm, ngram = minillm_teacher(tmp_path), ngram_teacher()
+    config = DistillConfig(kl_weight=0.8, hidden_weight=0.5, layer_map='{"minillm": {"3": 2}}')
     batch = sequences(2)
     model = student()
     results = {}
     for w in (0.0, 0.5, 1.0):
-        distiller = KnowledgeTransfer(model, [(flux, w), (ngram, 0.3)], config)
+        distiller = KnowledgeTransfer(model, [(minillm, w), (ngram, 0.3)], config)
         results[w] = grads_of(model, distiller, batch, ce_weight=0.2)
-    alone = grads_of(model, KnowledgeTransfer(model, [(flux, 1.0)], config), batch, ce_weight=0.0)
+    alone = grads_of(model, KnowledgeTransfer(model, [(minillm, 1.0)], config), batch, ce_weight=0.0)
     (p0, g0), (p5, g5), (p1, g1) = results[0.0], results[0.5], results[1.0]
-    flux_share = 0.8 * p1["kl.flux"] + 0.5 * p1["hidden.flux"]
-    assert p1["total"] - p0["total"] == pytest.approx(flux_share, rel=1e-10)
-    assert p5["total"] - p0["total"] == pytest.approx(0.5 * flux_share, rel=1e-10)
+    minillm_share = 0.8 * p1["kl.minillm"] + 0.5 * p1["hidden.minillm"]
+    assert p1["total"] - p0["total"] == pytest.approx(minillm_share, rel=1e-10)
+    assert p5["total"] - p0["total"] == pytest.approx(0.5 * minillm_share, rel=1e-10)
     for name in g1:
         np.testing.assert_allclose(g5[name] - g0[name], 0.5 * (g1[name] - g0[name]), rtol=1e-8, atol=1e-14)
         np.testing.assert_allclose(g1[name] - g0[name], alone[1][name], rtol=1e-8, atol=1e-14)
@@ -315,10 +318,10 @@ def test_offline_cache_refuses_what_it_cannot_serve(tmp_path):
             distiller.attach_cache(distiller.links[0], cache)
 
 
-def test_flux_teacher_is_the_saved_model(tmp_path):
+def test_minillm_teacher_is_the_saved_model(tmp_path):
     """The checkpoint teacher used above is the model that was saved (not a fresh init)."""
-    teacher = flux_teacher(tmp_path)
+    teacher = minillm_teacher(tmp_path)
     assert isinstance(teacher, TransformerTeacher) and teacher.model.dtype == np.float64
-    again = flux_teacher(tmp_path / "again")
+    again = minillm_teacher(tmp_path / "again")
     ids = sequences(1)[:, :-1]
     np.testing.assert_array_equal(teacher.forward(ids)[0], again.forward(ids)[0])

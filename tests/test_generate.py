@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mini_llm.generate import (KVCache, forward_with_cache, generate, next_token_probs,
-                               receptive_field, sample_next)
+from mini_llm.generate import generate, next_token_probs, receptive_field, sample_next
+from mini_llm.model.kv_cache import KVCache
 from mini_llm.model.transformer import MiniTransformer, TransformerConfig
 from tokenizer.bpe_tokenizer import BPETokenizer
 
@@ -74,8 +74,9 @@ def test_cached_logits_equal_full_forward(window):
     ids = np.random.default_rng(0).integers(0, 50, size=(2, 30))
     full = model.forward(ids, keep_cache=False)
     cache = KVCache(model, batch_size=2)
-    chunks = [forward_with_cache(model, ids[:, :7], cache)]          # the prompt in one go
-    chunks += [forward_with_cache(model, ids[:, t:t + 1], cache) for t in range(7, 30)]
+    step = lambda chunk: model.forward(chunk, keep_cache=False, kv_cache=cache)
+    chunks = [step(ids[:, :7])]                                      # the prompt in one go
+    chunks += [step(ids[:, t:t + 1]) for t in range(7, 30)]
     np.testing.assert_allclose(np.concatenate(chunks, axis=1), full, rtol=1e-9, atol=1e-10)
 
 
@@ -104,8 +105,9 @@ def test_rolling_cache_past_max_length_equals_full_recompute():
     np.testing.assert_array_equal(out, generate(small, prompt, 40, temperature=0, use_cache=False))
     # the cached logits of every step equal one full forward over the generated sequence
     cache = KVCache(small, batch_size=1)
-    steps = [forward_with_cache(small, out[:, :3], cache)]
-    steps += [forward_with_cache(small, out[:, t:t + 1], cache) for t in range(3, 42)]
+    step = lambda chunk: small.forward(chunk, keep_cache=False, kv_cache=cache)
+    steps = [step(out[:, :3])]
+    steps += [step(out[:, t:t + 1]) for t in range(3, 42)]
     cached = np.concatenate(steps, axis=1)                             # (1, 42, V)
     full = long.forward(out[:, :-1], keep_cache=False)                 # (1, 42, V)
     assert np.abs(cached - full).max() < 1e-9

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from mini_llm.model.transformer import MiniTransformer, TransformerConfig
-from tests.gradcheck import rel_error
+from mini_llm.gradcheck import rel_error
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -6,7 +6,7 @@ output onto a random dy, and compares `thing_backward(dy, cache)` with central d
 import numpy as np
 
 from mini_llm.model import layers
-from tests.gradcheck import assert_close_grad, numerical_grad
+from mini_llm.gradcheck import assert_close_grad, numerical_grad
 
 B, T, C, F, V = 2, 5, 8, 12, 11
 

@@ -1,6 +1,6 @@
 """Tests for training/losses.py, the distillation losses.
 
-Every backward is checked against float64 central differences (tests/gradcheck.py) for each
+Every backward is checked against float64 central differences (mini_llm/gradcheck.py) for each
 input that receives a gradient, with a mask that leaves some positions out. The other tests
 pin what each loss means: KL is zero at the teacher, the top-k KL with k = V is the full KL,
 the cosine loss ignores scale, ULD is the L1 distance of sorted vectors (computed here without
@@ -9,8 +9,9 @@ the library), and a student trained on KL alone becomes its teacher.
 import numpy as np
 import pytest
 
-from tests.gradcheck import assert_close_grad, numerical_grad
-from training import losses
+from mini_llm.gradcheck import assert_close_grad, numerical_grad
+from mini_llm.model.layers import log_softmax, softmax
+from training import hidden_losses, losses
 
 B, T, V, CS, CT = 2, 3, 7, 5, 4
 MASK = np.array([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]])          # positions (0, 2) and (1, 1) left out
@@ -70,23 +71,23 @@ def test_topk_kl_gradient(tau, k):
 @pytest.mark.parametrize("mask", [None, MASK])
 def test_hidden_mse_gradient(mask):
     h, w, teacher_h = hidden_inputs(rng())
-    check_hidden_grads(lambda h, w: losses.hidden_mse_forward(h, w, teacher_h, mask),
-                       losses.hidden_mse_backward, h, w, "hidden mse", mask)
+    check_hidden_grads(lambda h, w: hidden_losses.hidden_mse_forward(h, w, teacher_h, mask),
+                       hidden_losses.hidden_mse_backward, h, w, "hidden mse", mask)
 
 
 @pytest.mark.parametrize("mask", [None, MASK])
 def test_hidden_cosine_gradient(mask):
     h, w, teacher_h = hidden_inputs(rng())
-    check_hidden_grads(lambda h, w: losses.hidden_cosine_forward(h, w, teacher_h, mask),
-                       losses.hidden_cosine_backward, h, w, "hidden cosine", mask)
+    check_hidden_grads(lambda h, w: hidden_losses.hidden_cosine_forward(h, w, teacher_h, mask),
+                       hidden_losses.hidden_cosine_backward, h, w, "hidden cosine", mask)
 
 
 @pytest.mark.parametrize("tau", [0.1, 1.0])
 @pytest.mark.parametrize("mask", [None, MASK])
 def test_contrastive_gradient(tau, mask):
     h, w, teacher_h = hidden_inputs(rng())
-    check_hidden_grads(lambda h, w: losses.contrastive_forward(h, w, teacher_h, tau, mask),
-                       losses.contrastive_backward, h, w, f"contrastive tau={tau}", mask)
+    check_hidden_grads(lambda h, w: hidden_losses.contrastive_forward(h, w, teacher_h, tau, mask),
+                       hidden_losses.contrastive_backward, h, w, f"contrastive tau={tau}", mask)
 
 
 @pytest.mark.parametrize("tau", [1.0, 2.0])
@@ -108,8 +109,8 @@ def reference_softmax(x):
 def test_log_softmax_is_stable():
     x = np.array([[1000.0, 1001.0, 999.0], [-1000.0, -1001.0, -999.0]])
     expected = np.log(reference_softmax(np.array([1.0, 2.0, 0.0])))
-    np.testing.assert_allclose(losses.log_softmax(x)[0], expected, rtol=1e-12)
-    np.testing.assert_allclose(losses.softmax(x).sum(axis=-1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(log_softmax(x)[0], expected, rtol=1e-12)
+    np.testing.assert_allclose(softmax(x).sum(axis=-1), 1.0, rtol=1e-12)
 
 
 @pytest.mark.parametrize("direction", ["forward", "reverse"])
@@ -139,7 +140,7 @@ def test_kl_matches_definition_and_directions_differ():
 def test_teacher_topk_is_sorted_top_k():
     teacher = rng().normal(size=(B, T, V))
     ids, logprobs = losses.teacher_topk(teacher, 3, 2.0)
-    log_pt = losses.log_softmax(teacher / 2.0)
+    log_pt = log_softmax(teacher / 2.0)
     np.testing.assert_array_equal(ids, np.argsort(-teacher, axis=-1)[..., :3])
     np.testing.assert_allclose(logprobs, np.take_along_axis(log_pt, ids, axis=-1), rtol=1e-14)
     one = losses.teacher_topk(np.array([[[0.0, 2.0, 1.0]]]), 2)
@@ -176,25 +177,25 @@ def test_topk_kl_matches_bucket_definition():
 
 def test_hidden_mse_zero_for_identical_states():
     h = rng().normal(size=(B, T, CS))
-    loss, cache = losses.hidden_mse_forward(h, np.eye(CS), h.copy())
-    dh, dw = losses.hidden_mse_backward(1.0, cache)
+    loss, cache = hidden_losses.hidden_mse_forward(h, np.eye(CS), h.copy())
+    dh, dw = hidden_losses.hidden_mse_backward(1.0, cache)
     assert loss == 0.0 and not dh.any() and not dw.any()
 
 
 def test_hidden_cosine_ignores_teacher_scale():
     h, w, teacher_h = hidden_inputs(rng())
-    loss, _ = losses.hidden_cosine_forward(h, w, teacher_h, MASK)
+    loss, _ = hidden_losses.hidden_cosine_forward(h, w, teacher_h, MASK)
     scale = np.array([3.0, 0.01, 250.0])[None, :, None]       # a different positive scale per time
-    scaled, _ = losses.hidden_cosine_forward(h, w, teacher_h * scale, MASK)
+    scaled, _ = hidden_losses.hidden_cosine_forward(h, w, teacher_h * scale, MASK)
     assert scaled == pytest.approx(loss, rel=1e-12)
-    assert losses.hidden_cosine_forward(h, w, h @ w.T * 5.0)[0] == pytest.approx(0.0, abs=1e-14)
+    assert hidden_losses.hidden_cosine_forward(h, w, h @ w.T * 5.0)[0] == pytest.approx(0.0, abs=1e-14)
 
 
 def test_hidden_cosine_zero_vector_is_finite():
     h, w, teacher_h = hidden_inputs(rng())
     teacher_h[0, 0] = 0.0
-    loss, cache = losses.hidden_cosine_forward(h, w, teacher_h)
-    dh, dw = losses.hidden_cosine_backward(1.0, cache)
+    loss, cache = hidden_losses.hidden_cosine_forward(h, w, teacher_h)
+    dh, dw = hidden_losses.hidden_cosine_backward(1.0, cache)
     assert np.isfinite(loss) and np.isfinite(dh).all() and np.isfinite(dw).all()
 
 
@@ -202,15 +203,15 @@ def test_contrastive_prefers_matching_teacher():
     r = rng()
     teacher_h = r.normal(size=(4, 8, 16))                     # 32 positions, 16 wide: far apart
     shuffled = teacher_h.reshape(32, 16)[r.permutation(32)].reshape(teacher_h.shape)
-    matched, _ = losses.contrastive_forward(teacher_h, np.eye(16), teacher_h)
-    mismatched, _ = losses.contrastive_forward(shuffled, np.eye(16), teacher_h)
+    matched, _ = hidden_losses.contrastive_forward(teacher_h, np.eye(16), teacher_h)
+    mismatched, _ = hidden_losses.contrastive_forward(shuffled, np.eye(16), teacher_h)
     assert matched < 0.1 < np.log(32) < mismatched           # log N = 3.47: picking at random
 
 
 def test_contrastive_no_counted_position():
     h, w, teacher_h = hidden_inputs(rng())
-    loss, cache = losses.contrastive_forward(h, w, teacher_h, mask=np.zeros((B, T)))
-    dh, dw = losses.contrastive_backward(1.0, cache)
+    loss, cache = hidden_losses.contrastive_forward(h, w, teacher_h, mask=np.zeros((B, T)))
+    dh, dw = hidden_losses.contrastive_backward(1.0, cache)
     assert loss == 0.0 and dh.shape == h.shape and not dh.any() and not dw.any()
 
 
@@ -240,7 +241,7 @@ def test_student_learns_teacher_by_gradient_descent(direction):
         student -= 4.0 * losses.kl_backward(1.0, cache)
     loss, _ = losses.kl_forward(student, teacher, direction=direction)
     assert loss < 1e-4
-    np.testing.assert_allclose(losses.softmax(student), losses.softmax(teacher), atol=1e-2)
+    np.testing.assert_allclose(softmax(student), softmax(teacher), atol=1e-2)
 
 
 def test_float32_matches_float64():
@@ -260,9 +261,9 @@ def test_float32_matches_float64():
         g32 = backward(1.0, c32)
         assert l32 == pytest.approx(l64, rel=1e-5) and g32.dtype == np.float32
         np.testing.assert_allclose(g32, backward(1.0, c64), atol=1e-6)
-    for forward, backward in [(losses.hidden_mse_forward, losses.hidden_mse_backward),
-                              (losses.hidden_cosine_forward, losses.hidden_cosine_backward),
-                              (losses.contrastive_forward, losses.contrastive_backward)]:
+    for forward, backward in [(hidden_losses.hidden_mse_forward, hidden_losses.hidden_mse_backward),
+                              (hidden_losses.hidden_cosine_forward, hidden_losses.hidden_cosine_backward),
+                              (hidden_losses.contrastive_forward, hidden_losses.contrastive_backward)]:
         l64, c64 = forward(h, w, th, mask=MASK)
         l32, c32 = forward(*(a.astype(np.float32) for a in (h, w, th)), mask=MASK)
         grads32 = backward(1.0, c32)
@@ -301,13 +302,13 @@ def test_losses_match_torch_autograd():
     torch_check(losses.kl_forward(z, zt, 2.0, "reverse", MASK), losses.kl_backward, reverse_kl, z)
 
     cosine = lambda h_, w_: (1 - F.cosine_similarity(h_ @ w_.T, torch.tensor(th), dim=-1)).mean()
-    torch_check(losses.hidden_cosine_forward(h, w, th), losses.hidden_cosine_backward, cosine, h, w)
+    torch_check(hidden_losses.hidden_cosine_forward(h, w, th), hidden_losses.hidden_cosine_backward, cosine, h, w)
 
     def info_nce(h_, w_):
         z_s = F.normalize((h_ @ w_.T).reshape(-1, CT)[keep], dim=-1)
         z_t = F.normalize(torch.tensor(th).reshape(-1, CT)[keep], dim=-1)
         return F.cross_entropy(z_s @ z_t.T / 0.1, torch.arange(int(keep.sum())))
-    torch_check(losses.contrastive_forward(h, w, th, 0.1, MASK), losses.contrastive_backward,
+    torch_check(hidden_losses.contrastive_forward(h, w, th, 0.1, MASK), hidden_losses.contrastive_backward,
                 info_nce, h, w)
 
     def uld(s):
@@ -329,7 +330,7 @@ def test_bad_input_raises_one_line():
         (lambda: losses.kl_forward(z, z, temperature=0.0), "temperature"),
         (lambda: losses.teacher_topk(z, V + 1), "k = 8"),
         (lambda: losses.topk_kl_forward(z, np.full((B, T, 2), V), np.zeros((B, T, 2))), "[0, 7)"),
-        (lambda: losses.hidden_mse_forward(h, w.T, th), "proj_w has shape"),
+        (lambda: hidden_losses.hidden_mse_forward(h, w.T, th), "proj_w has shape"),
         (lambda: losses.uld_forward(z[0], z), "3 axes"),
     ]
     for call, words in cases:

@@ -6,7 +6,7 @@ import pytest
 from mini_llm.model import layers
 from mini_llm.model.transformer import MiniTransformer, TransformerConfig
 from mini_llm.optim import AdamW
-from tests.gradcheck import assert_close_grad, numerical_grad
+from mini_llm.gradcheck import assert_close_grad, numerical_grad
 
 
 def tiny_config(**overrides):
@@ -107,7 +107,7 @@ def test_tiny_model_overfits_short_text():
 @pytest.mark.parametrize("overrides, message", [
     (dict(hidden_size=10, num_heads=4), "num_heads=4 does not divide hidden_size=10"),
     (dict(num_heads=4, num_kv_heads=3), "num_kv_heads=3 does not divide num_heads=4"),
-    (dict(sliding_window=0), "sliding_window must be >= 1"),
+    (dict(sliding_window=0), "sliding_window must be None or an integer >= 1"),
 ])
 def test_bad_config_is_one_clear_line(overrides, message):
     with pytest.raises(ValueError, match=message):

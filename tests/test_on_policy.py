@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from mini_llm.generate import generate
-from tests.gradcheck import assert_close_grad, numerical_grad
-from tests.test_distillation import (T, flux_teacher, ngram_teacher, one_numba_thread, sequences,  # noqa: F401
+from mini_llm.gradcheck import assert_close_grad, numerical_grad
+from tests.test_distillation import (T, minillm_teacher, ngram_teacher, one_numba_thread, sequences,  # noqa: F401
                                      student, trainable, zero_all)
 from tests.test_train_cli import data, metrics, run_cli  # noqa: F401  (the tiny CLI fixtures)
 from training import on_policy, seq_kd
@@ -42,8 +42,8 @@ def test_whole_on_policy_step_gradient(tmp_path, beta):
     matching, the mask of written positions: grads == scale · d(total)/d(param)."""
     model = student()
     config = DistillConfig(kl_weight=0.7, hidden_weight=0.4, temperature=2.0, jsd_beta=beta,
-                           kl_direction="reverse", layer_map='{"flux": {"2": 1}}')
-    distiller = KnowledgeTransfer(model, [(flux_teacher(tmp_path), 0.75), (ngram_teacher(), 0.25)], config)
+                           kl_direction="reverse", layer_map='{"minillm": {"2": 1}}')
+    distiller = KnowledgeTransfer(model, [(minillm_teacher(tmp_path), 0.75), (ngram_teacher(), 0.25)], config)
     ids, mask = on_policy.student_batch(model, sequences(2), 3, seed=1)
     scale = 0.5
     zero_all(model, distiller)
@@ -52,7 +52,7 @@ def test_whole_on_policy_step_gradient(tmp_path, beta):
     analytic = {n: g.copy() / scale for n, g in grads.items()}
     total = lambda: forward_backward(model, ids, 0.0, distiller, None, scale, mask)["total"]
     for name in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
-                 "model.layers.1.mlp.down_proj.weight", "lm_head.weight", "proj.flux.2->1"):
+                 "model.layers.1.mlp.down_proj.weight", "lm_head.weight", "proj.minillm.2->1"):
         assert_close_grad(analytic[name], numerical_grad(total, params[name]), name)
 
 
@@ -60,7 +60,7 @@ def test_only_the_written_positions_count(tmp_path):
     """Changing a teacher's view of the prompt positions changes nothing: with the mask, the
     gradient is the one of the written positions alone."""
     model = student()
-    distiller = KnowledgeTransfer(model, [(flux_teacher(tmp_path), 1.0)], DistillConfig(jsd_beta=0.5))
+    distiller = KnowledgeTransfer(model, [(minillm_teacher(tmp_path), 1.0)], DistillConfig(jsd_beta=0.5))
     ids, mask = on_policy.student_batch(model, sequences(2), 2, seed=3)
     zero_all(model, distiller)
     parts = forward_backward(model, ids, 0.0, distiller, None, 1.0, mask)
@@ -68,13 +68,13 @@ def test_only_the_written_positions_count(tmp_path):
     t_logits = distiller.links[0].teacher.forward(ids[:, :-1])[0]
     from training import losses
     expected = losses.jsd_forward(logits[:, -2:], t_logits[:, -2:], 0.5)[0]     # the 2 written
-    assert parts["kl.flux"] == pytest.approx(expected, rel=1e-12)
+    assert parts["kl.minillm"] == pytest.approx(expected, rel=1e-12)
 
 
 def test_no_cross_entropy_on_student_batches(tmp_path):
     """With lambda = 1 every micro-batch is student-written: the CE weight cannot matter."""
     data_seq = sequences(8, seed=5)
-    teacher = flux_teacher(tmp_path)
+    teacher = minillm_teacher(tmp_path)
     results = []
     for ce_weight in (0.2, 5.0):
         model = student(dtype=np.float32)
@@ -91,7 +91,7 @@ def test_no_cross_entropy_on_student_batches(tmp_path):
 
 
 def test_teacher_writes_what_generate_samples(tmp_path):
-    teacher = flux_teacher(tmp_path)
+    teacher = minillm_teacher(tmp_path)
     data_seq = sequences(10, seed=6)
     written, message = seq_kd.load_or_write(tmp_path / "kd", teacher, data_seq, 4, 3, seed=2, eos_id=1)
     assert written.shape == (4, T + 1) and "wrote 4 sequences" in message
@@ -147,10 +147,10 @@ def test_on_policy_refuses_a_teacher_with_another_vocabulary(tmp_path):
     s_tok = BPETokenizer(vocab_size=262, special_tokens=["<|endoftext|>"]).train(text)
     t_tok = BPETokenizer(vocab_size=270, special_tokens=["<|endoftext|>"]).train(text)
     model = student(vocab_size=s_tok.vocab_size)
-    distiller = KnowledgeTransfer(model, [(flux_teacher(tmp_path, t_tok.vocab_size, t_tok), 1.0)],
+    distiller = KnowledgeTransfer(model, [(minillm_teacher(tmp_path, t_tok.vocab_size, t_tok), 1.0)],
                                   DistillConfig(cross_vocab=True), s_tok)
     on_policy.check_teachers(0.0, distiller)                         # off: nothing to check
-    with pytest.raises(ValueError, match="teacher flux has another vocabulary"):
+    with pytest.raises(ValueError, match="teacher minillm has another vocabulary"):
         on_policy.check_teachers(0.5, distiller)
 
 
@@ -160,7 +160,7 @@ def test_mixed_sampling_with_alpha_zero_is_the_student(tmp_path):
     """alpha = 0: the mix is the student alone, so the recorded probabilities are the student's
     own q(y_t); alpha = 1: the teacher's p(y_t)."""
     model, batch = student(), sequences(2)
-    teacher = flux_teacher(tmp_path)
+    teacher = minillm_teacher(tmp_path)
     for alpha, scorer in ((0.0, model), (1.0, teacher.model)):
         ids, mask, probs = on_policy.mixed_student_batch(model, teacher, batch, 3, alpha, seed=4)
         np.testing.assert_array_equal(ids[:, :T - 3], batch[:, :T - 3])
@@ -176,7 +176,7 @@ def test_whole_minillm_step_gradient(tmp_path):
     gradient of the reported surrogate (rewards and weights fixed by the samples) is exact."""
     from training import losses
     model = student()
-    teacher = flux_teacher(tmp_path)
+    teacher = minillm_teacher(tmp_path)
     distiller = KnowledgeTransfer(model, [(teacher, 0.7), (ngram_teacher(), 0.3)], DistillConfig(kl_weight=0.9))
     ids, mask, probs = on_policy.mixed_student_batch(model, teacher, sequences(2), 3, 0.2, seed=2)
     zero_all(model, distiller)

@@ -43,7 +43,7 @@ def test_evaluate_with_a_bar_evaluates_the_same_and_fills_it(monkeypatch):
     assert len(bars) == 2 and bars[-1].n == 0                           # no desc: a disabled bar
 
 
-@pytest.mark.parametrize("seconds, text", [(3.21, "3.2 s"), (95, "1.6 min"), (7200, "2.0 h")])
+@pytest.mark.parametrize("seconds, text", [(0.0213, "21 ms"), (3.21, "3.2 s"), (95, "1.6 min"), (7200, "2.0 h")])
 def test_duration(seconds, text):
     assert progress.duration(seconds) == text
 

@@ -10,20 +10,13 @@ import pytest
 from mini_llm.model.transformer import MiniTransformer, TransformerConfig
 from tokenizer.bpe_tokenizer import BPETokenizer
 from training.losses import teacher_topk
-from training.teachers import (NGramTeacher, TeacherOutputCache, TransformerTeacher, auto_layer_map,
-                               check_vocab, load_flux_teacher, load_llama_teacher, parse_layer_map,
-                               parse_teacher_spec, sequences_fingerprint)
+from training.ngram_teacher import NGramTeacher
+from training.teacher_cache import TeacherOutputCache, sequences_fingerprint
+from training.teacher_specs import auto_layer_map, parse_layer_map, parse_teacher_spec
+from training.teachers import TransformerTeacher, check_vocab, load_llama_teacher, load_minillm_teacher
+from tests.errors import one_line_error
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample_training.txt"
-
-
-def one_line_error(fn, *args, match=""):
-    """Call fn(*args), expect a ValueError whose message is one line containing `match`."""
-    with pytest.raises(ValueError) as err:
-        fn(*args)
-    message = str(err.value)
-    assert match in message and "\n" not in message, message
-    return message
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +37,13 @@ def test_transformer_teacher_returns_logits_and_chosen_hidden_states():
     ids = np.random.default_rng(0).integers(0, 300, size=(2, 9))
     expected = model.forward(ids)
     states = [h.copy() for h in model.hidden_states]
-    teacher = TransformerTeacher("t", "flux", model)
+    teacher = TransformerTeacher("t", "minillm", model)
     logits, hidden = teacher.forward(ids, hidden_layers=(0, 3))
     assert np.allclose(logits, expected)
     assert set(hidden) == {0, 3} and np.allclose(hidden[0], states[0]) and np.allclose(hidden[3], states[3])
     assert (teacher.vocab_size, teacher.num_layers, teacher.hidden_size) == (300, 3, 16)
     assert model._cache is None and model.hidden_states == []       # nothing kept for backward
-    one_line_error(teacher.forward, ids, (4,), match="0..3")
+    one_line_error(lambda: teacher.forward(ids, (4,)), "0..3")
 
 
 def saved_teacher_folder(tmp_path, tokenizer):
@@ -60,7 +53,7 @@ def saved_teacher_folder(tmp_path, tokenizer):
     return model, tmp_path / "ckpt"
 
 
-@pytest.mark.parametrize("loader, kind", [(load_llama_teacher, "llama"), (load_flux_teacher, "flux")])
+@pytest.mark.parametrize("loader, kind", [(load_llama_teacher, "llama"), (load_minillm_teacher, "minillm")])
 def test_checkpoint_folder_loads_as_teacher(tmp_path, loader, kind, small_tokenizer):
     model, folder = saved_teacher_folder(tmp_path, small_tokenizer)
     teacher = loader(folder)
@@ -97,15 +90,15 @@ def test_transformers_llama_folder_gives_the_same_hidden_states(tmp_path):
 
 def test_checkpoint_without_tokenizer_shares_the_students(tmp_path):
     tiny_model().save_pretrained(tmp_path / "m")
-    assert load_flux_teacher(tmp_path / "m").tokenizer is None
+    assert load_minillm_teacher(tmp_path / "m").tokenizer is None
 
 
-@pytest.mark.parametrize("loader", [load_llama_teacher, load_flux_teacher])
+@pytest.mark.parametrize("loader", [load_llama_teacher, load_minillm_teacher])
 def test_not_a_checkpoint_is_one_line(tmp_path, loader):
     (tmp_path / "empty").mkdir()
-    message = one_line_error(loader, tmp_path / "empty", match="is not a checkpoint: no config.json")
+    message = one_line_error(lambda: loader(tmp_path / "empty"), "is not a checkpoint: no config.json")
     assert "empty" in message
-    one_line_error(loader, tmp_path / "missing", match="no config.json")
+    one_line_error(lambda: loader(tmp_path / "missing"), "no config.json")
 
 
 # ----------------------------------------------------------------------------- n-gram teacher
@@ -176,15 +169,15 @@ def test_ngram_beats_uniform_on_held_out_text():
 
 
 def test_ngram_bad_use_is_one_line():
-    one_line_error(NGramTeacher, 30000, 5, match="int64")
-    one_line_error(NGramTeacher, 10, 0, match="order")
+    one_line_error(lambda: NGramTeacher(30000, 5), "int64")
+    one_line_error(lambda: NGramTeacher(10, 0), "order")
     teacher = NGramTeacher(10)
     with pytest.raises(RuntimeError, match="fit"):
         teacher.forward(np.zeros((1, 3), dtype=np.int64))
-    one_line_error(teacher.fit, np.array([1, 12]), match="[0, 10)")
+    one_line_error(lambda: teacher.fit(np.array([1, 12])), "[0, 10)")
     teacher.fit(np.arange(10))
-    one_line_error(teacher.forward, np.zeros((1, 3), dtype=np.int64), (1,), match="no hidden states")
-    one_line_error(teacher.forward, np.array([[3, 10]]), match="outside")
+    one_line_error(lambda: teacher.forward(np.zeros((1, 3), dtype=np.int64), (1,)), "no hidden states")
+    one_line_error(lambda: teacher.forward(np.array([[3, 10]])), "outside")
     assert (teacher.kind, teacher.num_layers, teacher.hidden_size, teacher.tokenizer) == ("ngram", 0, None, None)
 
 
@@ -226,29 +219,32 @@ def test_cache_starts_fresh_when_settings_change(tmp_path, change, field):
 
 def test_cache_bad_use_is_one_line(tmp_path):
     cache = TeacherOutputCache(tmp_path, "t", 2, 1.0, num_sequences=3, seq_len=4)
-    one_line_error(cache.put, [0], *random_topk(np.random.default_rng(0), (1, 4, 3)), match="(1, 4, 2)")
-    one_line_error(cache.get, [1], match="sequence 1 is not stored")
-    one_line_error(cache.has, [3], match="0..2")
-    one_line_error(TeacherOutputCache, tmp_path, "t", 0, 1.0, 3, 4, match="k must be")
-    one_line_error(TeacherOutputCache, tmp_path, "t", 2, 0.0, 3, 4, match="temperature")
-    one_line_error(TeacherOutputCache, tmp_path, "t", 2, 1.0, 0, 4, match="num_sequences >= 1")
+    one_line_error(lambda: cache.put([0], *random_topk(np.random.default_rng(0), (1, 4, 3))), "(1, 4, 2)")
+    one_line_error(lambda: cache.get([1]), "sequence 1 is not stored")
+    one_line_error(lambda: cache.has([3]), "0..2")
+    one_line_error(lambda: TeacherOutputCache(tmp_path, "t", 0, 1.0, 3, 4), "k must be")
+    one_line_error(lambda: TeacherOutputCache(tmp_path, "t", 2, 0.0, 3, 4), "temperature")
+    one_line_error(lambda: TeacherOutputCache(tmp_path, "t", 2, 1.0, 0, 4), "num_sequences >= 1")
 
 
-def test_cache_fetch_runs_the_teacher_once(tmp_path):
+def test_cache_stores_what_it_is_given_and_reads_it_back(tmp_path):
+    """put -> has -> get returns the teacher's top-k as stored; a new cache on the same folder and
+    settings reuses the stored rows (what KnowledgeTransfer.cached_term relies on)."""
     rng = np.random.default_rng(0)
     seqs = rng.integers(0, 20, size=(6, 9))
     teacher = NGramTeacher(20, order=2).fit(seqs.reshape(-1))
-    calls = []
-    counting = type("Counting", (), {"forward": lambda self, ids: calls.append(1) or teacher.forward(ids)})()
-    cache = TeacherOutputCache(tmp_path, "ngram", k=5, temperature=2.0, num_sequences=6, seq_len=8,
-                               fingerprint=sequences_fingerprint(seqs))
+    settings = dict(k=5, temperature=2.0, num_sequences=6, seq_len=8,
+                    fingerprint=sequences_fingerprint(seqs))
+    cache = TeacherOutputCache(tmp_path, "ngram", **settings)
     indices = np.array([4, 0])
-    first = cache.fetch(counting, indices, seqs[indices, :-1])
-    second = cache.fetch(counting, indices, seqs[indices, :-1])
-    assert len(calls) == 1
+    assert not cache.has(indices)
     expected = teacher_topk(teacher.forward(seqs[indices, :-1])[0], 5, 2.0)
-    assert np.array_equal(first[0], expected[0]) and np.allclose(first[1], expected[1])
-    assert np.array_equal(first[0], second[0]) and np.array_equal(first[1], second[1])
+    cache.put(indices, *expected)
+    assert cache.has(indices) and not cache.has(np.array([1]))
+    again = TeacherOutputCache(tmp_path, "ngram", **settings)
+    assert "reusing 2/6" in again.message
+    ids, logprobs = again.get(indices)
+    assert np.array_equal(ids, expected[0]) and np.allclose(logprobs, expected[1])
 
 
 def test_fingerprint_tells_sequences_apart():
@@ -263,8 +259,8 @@ def test_fingerprint_tells_sequences_apart():
 @pytest.mark.parametrize("spec, expected", [
     ("llama:models/tiny", ("llama", "models/tiny", 1.0)),
     ("Mistral:/abs/path:0.25", ("llama", "/abs/path", 0.25)),
-    ("flux:out/ckpt:2", ("flux", "out/ckpt", 2.0)),
-    ("flux:out/ckpt:0", ("flux", "out/ckpt", 0.0)),
+    ("minillm:out/ckpt:2", ("minillm", "out/ckpt", 2.0)),
+    ("flux:out/ckpt:0", ("minillm", "out/ckpt", 0.0)),        # flux: the kind's older name
     ("ngram", ("ngram", "", 1.0)),
     ("ngram::0.5", ("ngram", "", 0.5)),
     ("ngram:data/corpus.txt", ("ngram", "data/corpus.txt", 1.0)),
@@ -276,7 +272,7 @@ def test_parse_teacher_spec(spec, expected):
 
 
 @pytest.mark.parametrize("spec, expected", [
-    ("gpt:path", "llama, mistral, flux, ngram"),
+    ("gpt:path", "minillm, llama, mistral, ngram, flux"),
     ("", "unknown kind"),
     ("llama:path:-1", "finite number >= 0"),
     ("llama:path:nan", "finite number >= 0"),
@@ -285,7 +281,7 @@ def test_parse_teacher_spec(spec, expected):
     ("flux::0.5", "needs a path"),
 ])
 def test_parse_teacher_spec_errors(spec, expected):
-    one_line_error(parse_teacher_spec, spec, match=expected)
+    one_line_error(lambda: parse_teacher_spec(spec), expected)
 
 
 @pytest.mark.parametrize("teacher_layers, student_layers, expected", [
@@ -318,12 +314,12 @@ def test_parse_layer_map():
     ('[1, 2]', "must be a JSON object"),
 ])
 def test_parse_layer_map_errors(spec, expected):
-    one_line_error(parse_layer_map, spec, "llama", 16, 4, match=expected)
+    one_line_error(lambda: parse_layer_map(spec, "llama", 16, 4), expected)
 
 
 def test_check_vocab():
     teacher = NGramTeacher(500, order=2, name="big")
     check_vocab(teacher, 500)
     check_vocab(teacher, 300, token_level=False)
-    message = one_line_error(check_vocab, teacher, 300, match="--tokenizer_path")
+    message = one_line_error(lambda: check_vocab(teacher, 300), "--tokenizer_path")
     assert "ULD" in message and "big" in message and "500" in message

@@ -22,6 +22,7 @@ from mini_llm import backend
 from mini_llm.checkpoint import load_training_state
 from mini_llm.model.transformer import MiniTransformer
 from mini_llm.optim import AdamW
+from training import options
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample_training.txt"
 TINY = ["--vocab_size", "300", "--hidden_size", "16", "--num_layers", "1", "--num_heads", "2",
@@ -139,14 +140,14 @@ def test_the_sample_shows_its_prompt_and_continuation_apart(mock_run, data):
 def test_the_run_prints_its_time_per_step_and_estimate(mock_run):
     """After step 3 (the first step, with its compile and allocations, left out of the timing)."""
     _, _, printed = mock_run
-    assert re.search(r"\ntiming: [\d.]+ (s|min|h) per step \(steps 2-3\) -> about [\d.]+ (s|min|h) "
+    assert re.search(r"\ntiming: [\d.]+ (ms|s|min|h) per step \(steps 2-3\) -> about [\d.]+ (ms|s|min|h) "
                      r"for the 3 steps left\n", printed), printed
 
 
 def test_every_flag_has_help_and_its_default():
     """python train.py --help: each flag says what it is (not only its default) and, unless
     it is an on/off switch, its default; the size flags name the --use_mock default too."""
-    parser = cli.build_parser()
+    parser = options.build_parser()
     for action in parser._actions:
         if action.dest == "help":
             continue
@@ -155,7 +156,7 @@ def test_every_flag_has_help_and_its_default():
         assert len(meaning.split()) >= 2, f"{flag}: help says only {text!r}"
         if action.nargs != 0:                                      # store_true flags need none
             assert "default" in text, f"{flag}: help does not say its default: {text!r}"
-    for name in cli.SIZES:
+    for name in options.SIZES:
         assert "with --use_mock" in next(a.help for a in parser._actions if a.dest == name)
     text = parser.format_help()
     assert "query heads H" in text and "~12-15 s on 2 CPU cores" in text
@@ -196,16 +197,16 @@ def test_compare_baseline_reports_both_ce_scales(data, tmp_path):
 
 
 def test_distillation_flags_reach_the_config():
-    args = cli.parse_args(["--teacher", "ngram", "--temperature", "2.5", "--kl_direction", "reverse",
+    args = options.parse_args(["--teacher", "ngram", "--temperature", "2.5", "--kl_direction", "reverse",
                            "--kl_weight", "0.6", "--hidden_weight", "0.3", "--contrastive_weight", "0.2",
                            "--hidden_loss", "cosine", "--cross_vocab", "--layer_map", '{"a": {"1": 1}}'])
-    config = cli.distill_config(args)
+    config = options.distill_config(args)
     assert (config.temperature, config.kl_direction, config.kl_weight, config.hidden_weight,
             config.contrastive_weight, config.hidden_loss, config.cross_vocab, config.layer_map) == \
         (2.5, "reverse", 0.6, 0.3, 0.2, "cosine", True, '{"a": {"1": 1}}')
     assert args.ce_weight == 0.2                             # a teacher: the distillation default
-    assert cli.parse_args([]).ce_weight == 1.0               # none: plain training
-    assert cli.parse_args(["--ce_weight", "0.5"]).ce_weight == 0.5
+    assert options.parse_args([]).ce_weight == 1.0               # none: plain training
+    assert options.parse_args(["--ce_weight", "0.5"]).ce_weight == 0.5
 
 
 # ----------------------------------------------------------------------------- resume
@@ -324,12 +325,12 @@ BAD_INPUTS = {
     "empty data file": (lambda d, t, o: ["--data_path", t / "empty.txt"], "empty.txt"),
     "json without text": (lambda d, t, o: ["--data_path", t / "records.json"], "'text'"),
     "teacher path not a checkpoint": (lambda d, t, o: ["--teacher", "llama:/nonexistent"], "/nonexistent"),
-    "teacher with another vocabulary": (lambda d, t, o: ["--teacher", f"flux:{o}/checkpoint"], "vocabulary"),
+    "teacher with another vocabulary": (lambda d, t, o: ["--teacher", f"minillm:{o}/checkpoint"], "vocabulary"),
     "layer map names a missing layer": (lambda d, t, o: [
-        "--teacher", f"flux:{d}/checkpoint", "--tokenizer_path", f"{d}/checkpoint/tokenizer.json",
-        "--hidden_weight", "0.5", "--layer_map", '{"flux": {"99": 1}}'], "layer 99"),
+        "--teacher", f"minillm:{d}/checkpoint", "--tokenizer_path", f"{d}/checkpoint/tokenizer.json",
+        "--hidden_weight", "0.5", "--layer_map", '{"minillm": {"99": 1}}'], "layer 99"),
     "negative kl weight": (lambda d, t, o: ["--kl_weight", "-1"], "--kl_weight"),
-    "negative teacher weight": (lambda d, t, o: ["--teacher", f"flux:{d}/checkpoint:-1"], "weight"),
+    "negative teacher weight": (lambda d, t, o: ["--teacher", f"minillm:{d}/checkpoint:-1"], "weight"),
     "missing tokenizer": (lambda d, t, o: ["--tokenizer_path", t / "nope.json"], "nope.json"),
     "tokenizer that is not json": (lambda d, t, o: ["--tokenizer_path", t / "empty.txt"], "empty.txt"),
 }
@@ -351,23 +352,23 @@ def test_bad_input_is_one_error_line(case, data, mock_run, other_vocab_run, tmp_
 
 # ----------------------------------------------------------------------------- real teachers
 
-def test_flux_teacher_from_an_earlier_run(mock_run, data, tmp_path):
+def test_minillm_teacher_from_an_earlier_run(mock_run, data, tmp_path):
     teacher = mock_run[0] / "checkpoint"
-    code, printed = run_cli(data, tmp_path, "--teacher", f"flux:{teacher}",
+    code, printed = run_cli(data, tmp_path, "--teacher", f"minillm:{teacher}",
                             "--tokenizer_path", teacher / "tokenizer.json", "--hidden_weight", 0.5)
     assert code == 0
     for r in metrics(tmp_path):
-        assert math.isfinite(r["kl.flux"]) and math.isfinite(r["hidden.flux"])
-    assert re.search(r"teacher flux\s+\d+\.\d\d\n", printed)
+        assert math.isfinite(r["kl.minillm"]) and math.isfinite(r["hidden.minillm"])
+    assert re.search(r"teacher minillm\s+\d+\.\d\d\n", printed)
 
 
 def test_cross_vocab_teacher_teaches_through_uld(other_vocab_run, data, tmp_path):
-    code, printed = run_cli(data, tmp_path, "--teacher", f"flux:{other_vocab_run}/checkpoint",
+    code, printed = run_cli(data, tmp_path, "--teacher", f"minillm:{other_vocab_run}/checkpoint",
                             "--cross_vocab", "--hidden_weight", 0.5)
     assert code == 0
     rows = metrics(tmp_path)
-    assert all(math.isfinite(r["kl.flux"]) and r["kl.flux"] > 0 for r in rows)
-    assert "teacher flux" not in printed        # perplexities over other tokens are not comparable
+    assert all(math.isfinite(r["uld.minillm"]) and r["uld.minillm"] > 0 for r in rows)
+    assert "teacher minillm" not in printed        # perplexities over other tokens are not comparable
 
 
 def test_teacher_with_a_different_tokenizer_of_the_same_size_is_refused(data, tmp_path, capsys):
@@ -375,7 +376,7 @@ def test_teacher_with_a_different_tokenizer_of_the_same_size_is_refused(data, tm
     other_text.write_text(paragraphs(20, 26), encoding="utf-8")
     assert run_cli(other_text, tmp_path / "teacher", "--max_steps", 2)[0] == 0
     capsys.readouterr()
-    code, _ = run_cli(data, tmp_path / "student", "--teacher", f"flux:{tmp_path}/teacher/checkpoint")
+    code, _ = run_cli(data, tmp_path / "student", "--teacher", f"minillm:{tmp_path}/teacher/checkpoint")
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "tokenizer" in err[0]

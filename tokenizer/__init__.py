@@ -1,4 +1,11 @@
-"""Byte-level BPE tokenizer from scratch (see bpe_tokenizer.py); Hugging Face tokenizer.json I/O."""
-from tokenizer.bpe_tokenizer import BPETokenizer, read_text_file
+"""Byte-level BPE tokenizer from scratch, a staircase read in this order:
 
-__all__ = ["BPETokenizer", "read_text_file"]
+  1. byte_bpe.py       BPE on raw bytes: pair counts, merge, the training loop, encode, decode
+  2. bpe_tokenizer.py  BPETokenizer: the regex pre-tokenizer and special tokens around step 1
+  3. hf_format.py      the Hugging Face tokenizer.json file: BPETokenizer.save / load
+  bpe_kernels.py       the Numba fast path beside step 1's reference (a test pins the two)
+  demo_bpe.py          runnable: watch the merges happen, one line per merge
+"""
+from tokenizer.bpe_tokenizer import BPETokenizer
+
+__all__ = ["BPETokenizer"]

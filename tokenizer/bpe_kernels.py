@@ -1,7 +1,8 @@
 """Numba kernels for byte-level BPE: the fast path of training and of encoding.
 
-This file is the fast twin of the readable helpers in `bpe_tokenizer.py`
-(`get_pair_counts`, `merge_pair`, `train_reference`, `encode_chunk_reference`);
+This file is the fast twin of the readable helpers in `byte_bpe.py`
+(`get_pair_counts`, `merge_pair`, `train_reference`, `encode_chunk_reference`),
+which also holds the drivers that call it (`train_fast`, `encode_fast`);
 `tests/test_tokenizer_kernels.py` pins each kernel to its reference. Read those
 first: this file trades clarity for speed and says so.
 

@@ -1,4 +1,9 @@
-"""Byte-level BPE tokenizer: train, encode, decode, save and load.
+"""Step 2 of the tokenizer: BPETokenizer, text in and ids out (train, encode, decode,
+save, load).
+
+What it adds to step 1 (`byte_bpe.py`, BPE on raw bytes): the regex
+pre-tokenizer, the special tokens, Unicode normalization and the file. The
+per-chunk work (training on the chunks, merging a chunk's bytes) is step 1's.
 
 How it works (GPT-2 style byte-level BPE):
   1. Special tokens ("<|endoftext|>", "<pad>", ...) are cut out of the text first
@@ -9,13 +14,8 @@ How it works (GPT-2 style byte-level BPE):
      string therefore round-trips exactly: decode(encode(x)) == x.
   4. Training repeatedly merges the most frequent adjacent pair into a new token
      (256, 257, ...); encoding replays those merges by rank on each chunk.
-
-Ties: when pairs have the same count, the pair (a, b) that is smallest in id
-order, first by a, then by b, is merged. The readable reference
-(`train_reference`) and the Numba path (`bpe_kernels.py`) both do this, and
-`tests/test_tokenizer_kernels.py` checks that they produce the same merges.
-Hugging Face's trainer may break ties differently. What we match with
-`tokenizers` is loading the same tokenizer.json and getting the same ids.
+     Steps 3 and 4 are `byte_bpe.py`, ties included (highest count, then the
+     smallest pair).
 
 Ids: bytes 0..255, then merges, then special tokens. Saved as a Hugging Face
 `tokenizer.json` (see `hf_format.py`). The encoder never adds BOS/EOS on its
@@ -23,8 +23,6 @@ own; callers append `eos_id` themselves.
 """
 import collections
 import itertools
-import json
-import os
 import sys
 import unicodedata
 
@@ -32,9 +30,9 @@ import numpy as np
 import regex
 from tqdm import tqdm
 
-from mini_llm.progress import warm_up
-from tokenizer import bpe_kernels, hf_format
-from tokenizer.hf_format import GPT2_PATTERN, GPT4_PATTERN, PREFIX_SPACE, render_token
+from tokenizer import byte_bpe, hf_format
+from tokenizer.byte_bpe import render_token, train_fast, train_reference
+from tokenizer.hf_format import GPT2_PATTERN, GPT4_PATTERN, PREFIX_SPACE
 
 PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
 DEFAULT_SPECIAL_TOKENS = ("<|endoftext|>", "<pad>", "<bos>", "<eos>")
@@ -48,114 +46,8 @@ BIG_CORPUS_CHARS = 1_000_000  # above this, train shows a progress bar
 CACHE_LIMIT = 1 << 18         # chunk cache entries before it is cleared
 
 
-def read_text_file(path, errors="strict"):
-    """Read a UTF-8 text file; one-line ValueError if it is missing, empty or not UTF-8.
-
-    errors: "strict" (default) fails on invalid UTF-8 and names the byte offset;
-    "replace" puts U+FFFD in place of each bad byte; "ignore" drops them.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: no such file")
-    with open(path, "rb") as f:
-        data = f.read()
-    if not data:
-        raise ValueError(f"{path}: file is empty")
-    try:
-        return data.decode("utf-8", errors=errors)
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not valid UTF-8 at byte offset {e.start} ({e.reason}); "
-                         "pass errors='replace' to substitute U+FFFD") from None
-
-
 # ----------------------------------------------------------------------------
-# The reference algorithm: plain Python, one idea per function
-
-def get_pair_counts(words, counts):
-    """Count adjacent pairs over all words, each word weighted by its count.
-
-    >>> get_pair_counts([[97, 97, 97, 98]], [2])
-    {(97, 97): 4, (97, 98): 2}
-    """
-    pair_counts = collections.defaultdict(int)
-    for word, count in zip(words, counts):
-        for pair in zip(word, word[1:]):
-            pair_counts[pair] += count
-    return dict(pair_counts)
-
-
-def merge_pair(ids, pair, new_id):
-    """Replace every occurrence of `pair` in `ids` by `new_id`, left to right.
-
-    >>> merge_pair([97, 97, 97, 98], (97, 97), 256)
-    [256, 97, 98]
-    """
-    merged, i = [], 0
-    while i < len(ids):
-        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
-            merged.append(new_id)
-            i += 2
-        else:
-            merged.append(ids[i])
-            i += 1
-    return merged
-
-
-def train_reference(words, counts, num_merges, first_id=256, on_merge=None):
-    """Learn up to `num_merges` merges; returns [(a, b)] in order (merge m makes first_id + m).
-
-    Ties: the highest count wins, then the smallest pair (a, b).
-    Stops early when every word is a single token. on_merge(m, pair, count) is
-    called after each merge, for printing.
-    """
-    merges = []
-    for m in range(num_merges):
-        pair_counts = get_pair_counts(words, counts)
-        if not pair_counts:
-            break
-        pair = max(pair_counts, key=lambda p: (pair_counts[p], -p[0], -p[1]))
-        words = [merge_pair(word, pair, first_id + m) for word in words]
-        merges.append(pair)
-        if on_merge:
-            on_merge(m, pair, pair_counts[pair])
-    return merges
-
-
-def train_fast(words, counts, num_merges, first_id=256, on_merge=None):
-    """Same result as `train_reference`, with Numba kernels and incremental pair counts.
-
-    The kernel runs 256 merges per call; on_merge is then called for each.
-    """
-    # the first call compiles the kernels on a 2-byte word (the nested call returns at once)
-    warm_up("bpe train", "BPE training kernels", lambda: train_fast([[97, 98]], [1], 1))
-    state = bpe_kernels.new_train_state(words, counts)
-    bpe_kernels.train_init(state)
-    merges = np.zeros((num_merges, 2), np.int64)
-    merge_counts = np.zeros(num_merges, np.int64)
-    done = 0
-    while done < num_merges:
-        stop = min(done + 256, num_merges)
-        reached = bpe_kernels.train_merges(state, first_id, done, stop, merges, merge_counts)
-        for m in range(done, reached) if on_merge else ():
-            on_merge(m, tuple(merges[m].tolist()), int(merge_counts[m]))
-        done = reached
-        if reached < stop:
-            break
-    return [tuple(pair) for pair in merges[:done].tolist()]
-
-
-def encode_chunk_reference(ids, merge_ranks, merge_ids):
-    """Apply merges to one chunk's byte ids: always the lowest-rank pair present.
-
-    merge_ranks: {(a, b): rank}; merge_ids: {(a, b): new id}.
-    """
-    while len(ids) >= 2:
-        pair = min(zip(ids, ids[1:]), key=lambda p: merge_ranks.get(p, float("inf")))
-        if pair not in merge_ranks:
-            break
-        ids = merge_pair(ids, pair, merge_ids[pair])
-    return ids
-
+# The regex pre-tokenizer: text -> chunks, so that merges never cross word boundaries
 
 def split_isolated(pattern, text):
     """Cut text into the regex's matches, keeping any unmatched gaps as pieces too."""
@@ -173,6 +65,7 @@ def split_isolated(pattern, text):
 
 
 # ----------------------------------------------------------------------------
+# The tokenizer: special tokens and the pre-tokenizer around step 1's byte-level BPE
 
 class BPETokenizer:
     """Byte-level BPE tokenizer. See the module docstring for the algorithm.
@@ -228,11 +121,8 @@ class BPETokenizer:
         self._str_to_id = {hf_format.token_to_str(t): i for i, t in vocab.items()}
         self._str_to_id.update(special_tokens)
         self._bytes_to_id = {t: i for i, t in vocab.items()}
-        self._byte_ids = np.asarray(byte_ids, dtype=np.int64)
-        warm_up("bpe merge table", "BPE merge-table kernel",
-                lambda: bpe_kernels.build_merge_table([(97, 98)], [256]))
-        self._merge_table = bpe_kernels.build_merge_table([(a, b) for a, b, _ in merges],
-                                                          [new for _, _, new in merges])
+        self._byte_ids = np.asarray(byte_ids, dtype=np.int64)           # (256,) id of each byte
+        self._merge_table = byte_bpe.merge_table(merges)
         self._cache = {}
         self._special_regexes = {}
 
@@ -262,6 +152,52 @@ class BPETokenizer:
             if i == token_id:
                 return s
         return hf_format.token_to_str(self.vocab[token_id])
+
+    # --- pre-tokenizer: text -> chunks -----------------------------------
+
+    def _normalize(self, text):
+        """Apply the normalizer's Unicode forms in order (none by default; e.g. NFC)."""
+        for form in self._normal_forms:
+            text = unicodedata.normalize(form, text)
+        return text
+
+    def _pretokenize(self, text):
+        """Text (no special tokens) -> chunks, by the pre-tokenizer's steps in order."""
+        pieces = [text]
+        for step in self._steps:
+            if step == PREFIX_SPACE:
+                pieces = [p if p.startswith(" ") else " " + p for p in pieces]
+            elif len(pieces) == 1:
+                pieces = split_isolated(step, pieces[0])
+            else:
+                pieces = [c for p in pieces for c in split_isolated(step, p)]
+        return pieces
+
+    # --- special tokens: cut out first, never split ----------------------
+
+    def _allowed_specials(self, allowed_special):
+        """encode()'s allowed_special -> the frozenset of special tokens that become ids."""
+        if allowed_special == "all":
+            return frozenset(self.special_tokens)
+        if allowed_special in ("none", "none_raise"):
+            return frozenset()
+        if isinstance(allowed_special, str) or not hasattr(allowed_special, "__iter__"):
+            raise ValueError(f"allowed_special must be one of {ALLOWED_SPECIAL_MODES} or a set "
+                             f"of special tokens, got {allowed_special!r}")
+        unknown = set(allowed_special) - set(self.special_tokens)
+        if unknown:
+            raise ValueError(f"allowed_special names unknown special tokens {sorted(unknown)}")
+        return frozenset(allowed_special)
+
+    def _special_regex(self, specials):
+        """A regex with one group matching any of `specials`, longest first (None if empty)."""
+        if not specials:
+            return None
+        if specials not in self._special_regexes:
+            ordered = sorted(specials, key=lambda s: (-len(s), s))
+            self._special_regexes[specials] = regex.compile(
+                "(" + "|".join(regex.escape(s) for s in ordered) + ")")
+        return self._special_regexes[specials]
 
     # --- training --------------------------------------------------------
 
@@ -355,46 +291,6 @@ class BPETokenizer:
         """List of texts -> list of id lists (the chunk cache is shared across them)."""
         return [self.encode(text, allowed_special) for text in texts]
 
-    def _allowed_specials(self, allowed_special):
-        if allowed_special == "all":
-            return frozenset(self.special_tokens)
-        if allowed_special in ("none", "none_raise"):
-            return frozenset()
-        if isinstance(allowed_special, str) or not hasattr(allowed_special, "__iter__"):
-            raise ValueError(f"allowed_special must be one of {ALLOWED_SPECIAL_MODES} or a set "
-                             f"of special tokens, got {allowed_special!r}")
-        unknown = set(allowed_special) - set(self.special_tokens)
-        if unknown:
-            raise ValueError(f"allowed_special names unknown special tokens {sorted(unknown)}")
-        return frozenset(allowed_special)
-
-    def _special_regex(self, specials):
-        """A regex with one group matching any of `specials`, longest first (None if empty)."""
-        if not specials:
-            return None
-        if specials not in self._special_regexes:
-            ordered = sorted(specials, key=lambda s: (-len(s), s))
-            self._special_regexes[specials] = regex.compile(
-                "(" + "|".join(regex.escape(s) for s in ordered) + ")")
-        return self._special_regexes[specials]
-
-    def _normalize(self, text):
-        for form in self._normal_forms:
-            text = unicodedata.normalize(form, text)
-        return text
-
-    def _pretokenize(self, text):
-        """Text (no special tokens) -> chunks, by the pre-tokenizer's steps in order."""
-        pieces = [text]
-        for step in self._steps:
-            if step == PREFIX_SPACE:
-                pieces = [p if p.startswith(" ") else " " + p for p in pieces]
-            elif len(pieces) == 1:
-                pieces = split_isolated(step, pieces[0])
-            else:
-                pieces = [c for p in pieces for c in split_isolated(step, p)]
-        return pieces
-
     def _encode_ordinary(self, text, ids):
         """Append the ids of text (special tokens already cut out) to `ids`."""
         chunks = self._pretokenize(self._normalize(text))
@@ -413,13 +309,7 @@ class BPETokenizer:
         except UnicodeEncodeError as e:
             raise ValueError(f"encode(): text holds {e.object[e.start]!r}, a lone surrogate, "
                              "which is not valid Unicode") from None
-        offsets = np.zeros(len(data) + 1, np.int64)
-        np.cumsum([len(d) for d in data], out=offsets[1:])
-        warm_up("bpe encode", "BPE encoding kernels", lambda: self._encode_chunks(["a"]))  # compiles on 1 byte
-        ids, bounds = bpe_kernels.encode_chunks(np.frombuffer(b"".join(data), np.uint8),
-                                                offsets, self._byte_ids, *self._merge_table)
-        ids, bounds = ids.tolist(), bounds.tolist()
-        result = [tuple(ids[bounds[k]:bounds[k + 1]]) for k in range(len(data))]
+        result = byte_bpe.encode_fast(data, self._byte_ids, self._merge_table)
         if self.ignore_merges:
             whole = self._bytes_to_id
             result = [(whole[d],) if d in whole else r for d, r in zip(data, result)]
@@ -441,7 +331,7 @@ class BPETokenizer:
         try:
             if ids and min(ids) < 0:
                 raise IndexError
-            data = b"".join(map(self._id_bytes.__getitem__, ids))
+            data = byte_bpe.decode(ids, self._id_bytes)
         except (IndexError, TypeError):
             self._check_ids(ids)
             raise
@@ -453,17 +343,8 @@ class BPETokenizer:
         """Write a Hugging Face tokenizer.json (to `path`, or to path/tokenizer.json when
         path is a directory or has no .json suffix) plus a readable *.vocab.txt beside it.
         Returns the tokenizer.json path."""
-        path = os.fspath(path)
-        if os.path.isdir(path) or not path.endswith(".json"):
-            os.makedirs(path, exist_ok=True)
-            path = os.path.join(path, "tokenizer.json")
-        obj = hf_format.to_json(self.vocab, [(a, b) for a, b, _ in self.merges],
-                                self.special_tokens, self.pre_tokenizer, self.normalizer,
-                                self.ignore_merges)
-        hf_format.write_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2))
-        hf_format.write_atomic(path[:-len(".json")] + ".vocab.txt",
-                               hf_format.vocab_dump(self.vocab, self.merges, self.special_tokens))
-        return path
+        return hf_format.save(path, self.vocab, self.merges, self.special_tokens,
+                              self.pre_tokenizer, self.normalizer, self.ignore_merges)
 
     @classmethod
     def load(cls, path):

@@ -4,7 +4,7 @@
     python tokenizer/demo_bpe.py --text my.txt --merges 200 --plot   # + demos/output/bpe_compression.png
 
 The loop below is the training algorithm itself (the same steps as
-`train_reference` in bpe_tokenizer.py), printed as it goes: count every
+`train_reference` in byte_bpe.py), printed as it goes: count every
 adjacent pair, merge the most frequent one into a new token, and watch a
 sample sentence's segmentation and the compression ratio change. Then the real
 BPETokenizer trains on the same text (it must find the same merges) and
@@ -18,10 +18,11 @@ import sys
 
 import regex
 
+from tokenizer.bpe_tokenizer import PATTERNS, BPETokenizer
+from training.data import read_data_file
+from tokenizer.byte_bpe import get_pair_counts, merge_pair, render_token
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-from tokenizer.bpe_tokenizer import (PATTERNS, BPETokenizer, get_pair_counts,  # noqa: E402
-                                     merge_pair, read_text_file, render_token)
 
 BUILT_IN_TEXT = """\
 A tokenizer turns text into numbers. The simplest one reads the text as bytes, so the
@@ -140,7 +141,7 @@ def main(argv=None):
     if args.merges < 1:
         parser.error(f"--merges must be at least 1, got {args.merges}")
     try:
-        text = read_text_file(args.text) if args.text else BUILT_IN_TEXT
+        text = read_data_file(args.text) if args.text else BUILT_IN_TEXT
     except ValueError as e:
         parser.exit(2, f"error: {e}\n")
     colour = use_colour()

@@ -19,11 +19,11 @@ Two conventions of that format matter here:
 """
 import json
 import os
-import unicodedata
 
 import regex
 
 from mini_llm.files import atomic_write
+from tokenizer.byte_bpe import render_token
 
 # GPT-2's pattern (also ByteLevel's built-in regex) and GPT-4's cl100k pattern, as tiktoken has it
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -70,12 +70,6 @@ def str_to_token(s):
         return bytes(CHAR_TO_BYTE[c] for c in s)
     except KeyError:
         return None
-
-
-def render_token(token):
-    """Token bytes -> printable text: b'\\nthe' -> '\\\\u000athe' (control characters escaped)."""
-    text = token.decode("utf-8", errors="replace")
-    return "".join(c if unicodedata.category(c)[0] != "C" else f"\\u{ord(c):04x}" for c in text)
 
 
 # ----------------------------------------------------------------------------
@@ -130,6 +124,24 @@ def write_atomic(path, text):
     """Write text to path through a temporary file, so a crash leaves no half file
     (mini_llm.files.atomic_write: the project's one atomic writer)."""
     atomic_write(path, text)
+
+
+def save(path, vocab, merges, special_tokens, pre_tokenizer, normalizer, ignore_merges):
+    """Write tokenizer.json (to `path`, or to path/tokenizer.json when path is a directory
+    or has no .json suffix) plus a readable *.vocab.txt beside it; returns the json path.
+
+    vocab {id: bytes}; merges [(a, b, new_id)] by rank; special_tokens {text: id};
+    pre_tokenizer / normalizer: their JSON dicts.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path) or not path.endswith(".json"):
+        os.makedirs(path, exist_ok=True)
+        path = os.path.join(path, "tokenizer.json")
+    obj = to_json(vocab, [(a, b) for a, b, _ in merges], special_tokens, pre_tokenizer,
+                  normalizer, ignore_merges)
+    write_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2))
+    write_atomic(path[:-len(".json")] + ".vocab.txt", vocab_dump(vocab, merges, special_tokens))
+    return path
 
 
 # ----------------------------------------------------------------------------

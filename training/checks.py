@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 from training.run_checkpoint import any_copy, newest_complete, read_run_meta
-from training.teachers import check_vocab, load_flux_teacher, load_llama_teacher, parse_teacher_spec
+from training.teacher_specs import parse_teacher_spec
+from training.teachers import check_vocab, load_llama_teacher, load_minillm_teacher
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -169,7 +170,7 @@ def load_teachers_early(args):
             raise ValueError(f"--teacher {kind}: {path} does not exist")
         if not Path(path).is_dir():
             raise ValueError(f"--teacher {kind}: {path} is a file; give the checkpoint folder")
-        teacher = (load_llama_teacher if kind == "llama" else load_flux_teacher)(path)
+        teacher = (load_llama_teacher if kind == "llama" else load_minillm_teacher)(path)
         limit = teacher.model.config.max_seq_length
         if teacher.model.config.sliding_window is None and limit < args.max_seq_length:
             raise ValueError(f"--teacher {kind}: {path} takes at most {limit} positions "
@@ -193,12 +194,12 @@ def check_tokenizer_vocab(args, given):
 
 # ----------------------------------------------------------------------------- data
 
-def check_enough_tokens(train_stream, args):
+def check_enough_tokens(train_stream, data_path, max_seq_length):
     """The training split must fill at least one sequence of --max_seq_length + 1 tokens."""
-    need = args.max_seq_length + 1
+    need = max_seq_length + 1
     if len(train_stream) < need:
-        raise ValueError(f"--data_path {args.data_path}: the training split is {len(train_stream)} "
-                         f"tokens, shorter than one sequence of --max_seq_length {args.max_seq_length} "
+        raise ValueError(f"--data_path {data_path}: the training split is {len(train_stream)} "
+                         f"tokens, shorter than one sequence of --max_seq_length {max_seq_length} "
                          f"(+1); use --max_seq_length {max(1, len(train_stream) - 1)} or less, or more text")
 
 

@@ -1,11 +1,12 @@
-"""Training data: text files -> documents -> one token stream -> fixed-length sequences -> batches.
+"""Training data: text files -> documents -> one token stream -> fixed-length sequences.
 
     texts = load_texts("data/sample_training.txt")        # list of documents (str)
     train, val = split_train_val(texts, 0.1)              # at least one document on each side
     stream = encode_documents(tokenizer, train)           # (N,) int64: doc ids, eos, doc ids, eos, ...
     seqs = make_sequences(stream, seq_len=128)            # (S, 129): inputs [:, :-1], targets [:, 1:]
-    for idx, batch in iterate_batches(seqs, 16, rng):     # one shuffled epoch
-        ...
+
+training/loop.py then draws the batches (micro_batch: row indices from a seeded generator, so
+an offline teacher cache can look up its stored outputs by index).
 
 Everything here runs on the host with NumPy; the training loop moves batches to the device.
 Bad input (missing, empty, binary or non-UTF-8 file, broken JSON, a record without text) raises a
@@ -195,17 +196,3 @@ def make_sequences(stream, seq_len):
     num_rows = (len(stream) - 1) // seq_len
     rows = np.arange(num_rows)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]   # (S, seq_len+1)
     return stream[rows]
-
-
-def iterate_batches(sequences, batch_size, rng):
-    """One epoch over `sequences` (S, L) in an order shuffled by `rng` (np.random.Generator).
-
-    Yields (batch_indices (b,), batch (b, L)) with b = batch_size, the last batch possibly
-    smaller. The indices let an offline teacher cache look up its stored outputs.
-    """
-    if batch_size < 1:
-        raise ValueError(f"iterate_batches: batch_size must be >= 1, got {batch_size}")
-    order = rng.permutation(len(sequences))
-    for start in range(0, len(order), batch_size):
-        indices = order[start:start + batch_size]
-        yield indices, sequences[indices]

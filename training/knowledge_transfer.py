@@ -20,8 +20,9 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from mini_llm import backend
-from training import losses
-from training.teachers import check_vocab, parse_layer_map, same_tokenizer
+from training import hidden_losses, losses
+from training.teacher_specs import parse_layer_map
+from training.teachers import check_vocab, same_tokenizer
 
 # The cross-entropy weight when a teacher is given (plain training uses 1). Measured with
 # benchmarks/distillation.py: ce 0.2 / kl 0.8 at tau 1 closed ~80% of the scratch->teacher
@@ -60,10 +61,19 @@ class DistillConfig:
 
 class DistillTerms(NamedTuple):
     """What the teachers add to one micro-batch's loss (see KnowledgeTransfer.losses)."""
-    parts: dict          # unweighted values by name: {"kl.ngram": .., "hidden.llama": .., ...}
+    parts: dict          # unweighted values by name: {"kl.ngram": .., "hidden.llama": .., "uld.qwen": ..}
     total: float         # Σ_t weight_t · Σ_terms term_weight · value  (what the loss adds)
     dlogits: object      # scale · d(total)/d(student logits)            (b, T, V)
     hidden_grads: dict   # {student hidden index: scale · d(total)/d(hidden state) (b, T, C)}
+
+
+class TeacherTerms(NamedTuple):
+    """One teacher's share of DistillTerms, plus its projections' gradients."""
+    parts: dict          # unweighted values: {"kl" or "uld": .., "hidden": .., "contrastive": ..}
+    total: float         # weight_t · Σ_terms term_weight · value
+    dlogits: object      # scale · d(total)/d(student logits)            (b, T, V)
+    hidden_grads: dict   # {student hidden index: scale · d(total)/d(hidden state)}
+    proj_grads: dict     # {projection name: scale · d(total)/d(projection)}
 
 
 class TeacherLink:
@@ -139,106 +149,139 @@ class KnowledgeTransfer:
 
     # ----- one micro-batch: every teacher's terms and their gradients ---------------------
 
-    def losses(self, inputs, indices, student_logits, scale=1.0, mask=None, sampled=None):
+    def losses(self, inputs, indices, student_logits, student_hidden, scale=1.0, mask=None,
+               sampled=None):
         """The teachers' terms for one micro-batch, after the student's forward on `inputs`
-        (b, T) gave `student_logits` (b, T, V) and its hidden_states. `indices` (b,) name the
-        training sequences (for the offline cache; None for sequences not in the training
-        data). `mask` (b, T): the positions that count (None = all). `sampled`: (tokens,
-        sampling_probs) of a MiniLLM batch, whose logit term is then the policy-gradient
-        surrogate (losses.minillm_forward) in place of the KL. Adds scale ·
-        d(total)/d(projection) into proj_grads and returns DistillTerms with scale ·
-        d(total)/d(logits, hidden states)."""
-        cfg = self.config
+        (b, T) gave `student_logits` (b, T, V) and `student_hidden` (its hidden_states list).
+        `indices` (b,) name the training sequences (for the offline cache; None for sequences
+        not in the training data). `mask` (b, T): the positions that count (None = all).
+        `sampled`: (tokens, sampling_probs) of a MiniLLM batch, whose logit term is then the
+        policy-gradient surrogate (losses.minillm_forward) in place of the KL. Adds scale ·
+        d(total)/d(projection) into proj_grads (the projections' accumulated gradients) and
+        returns DistillTerms with scale · d(total)/d(logits, hidden states)."""
         parts, total = {}, 0.0
         dlogits, hidden_grads = backend.xp().zeros_like(student_logits), {}
         for link in self.links:
-            t_parts, t_dlogits = self.teacher_losses(link, inputs, indices, student_logits,
-                                                     hidden_grads, scale, mask, sampled)
-            for name, value in t_parts.items():
-                parts[f"{name}.{link.teacher.name}"] = value
-                total += link.weight * getattr(cfg, f"{name}_weight") * value
-            dlogits += t_dlogits
+            terms = self.teacher_terms(link, inputs, indices, student_logits, student_hidden,
+                                       scale, mask, sampled)
+            parts.update({f"{name}.{link.teacher.name}": v for name, v in terms.parts.items()})
+            total += terms.total
+            dlogits += terms.dlogits
+            for s_layer, d_hidden in terms.hidden_grads.items():
+                hidden_grads[s_layer] = hidden_grads.get(s_layer, 0) + d_hidden
+            for name, d_proj in terms.proj_grads.items():
+                self.proj_grads[name] += d_proj
         return DistillTerms(parts, total, dlogits, hidden_grads)
 
-    def teacher_losses(self, link, inputs, indices, student_logits, hidden_grads, scale, mask=None,
-                       sampled=None):
-        """The losses against one teacher. Returns ({"kl": .., "hidden": .., "contrastive": ..},
-        d(those, weighted)/d(student logits)); hidden-state gradients go into hidden_grads."""
-        cfg, teacher = self.config, link.teacher
-        w_kl = link.weight * cfg.kl_weight * scale
-        parts = {}
-        if not link.same_tokens:                                  # another tokenizer: ULD
-            t_logits, both = self.retokenized_teacher_logits(link, inputs)
-            if mask is not None:
-                both = both * backend.to_device(mask)
-            parts["kl"], cache = losses.uld_forward(student_logits, t_logits, cfg.temperature, both)
-            return parts, losses.uld_backward(w_kl, cache)
-        need_teacher = link.cache is None or link.layer_map or not link.cache.has(indices)
-        t_logits, t_hidden = (teacher.forward(inputs, hidden_layers=tuple(link.layer_map))
-                              if need_teacher else (None, {}))
-        if link.cache is not None:                                # offline: cached top-k
-            topk_ids, topk_logprobs = self.cached_topk(link, indices, t_logits)
-            parts["kl"], cache = losses.topk_kl_forward(student_logits, topk_ids, topk_logprobs,
-                                                       cfg.temperature, mask)
-            d_logits = losses.topk_kl_backward(w_kl, cache)
-        elif sampled is not None:                                 # MiniLLM: sequence-level reverse KL
-            tokens, sampling_probs = sampled
-            parts["kl"], cache = losses.minillm_forward(student_logits, backend.to_device(t_logits), tokens,
-                                                       backend.to_device(sampling_probs), mask)
-            d_logits = losses.minillm_backward(w_kl, cache)
-        elif cfg.jsd_beta is None:                                # live: KL in one direction
-            parts["kl"], cache = losses.kl_forward(student_logits, backend.to_device(t_logits),
-                                                  cfg.temperature, cfg.kl_direction, mask)
-            d_logits = losses.kl_backward(w_kl, cache)
-        else:                                                     # live: generalized JSD
-            parts["kl"], cache = losses.jsd_forward(student_logits, backend.to_device(t_logits),
-                                                   cfg.jsd_beta, cfg.temperature, mask)
-            d_logits = losses.jsd_backward(w_kl, cache)
+    def teacher_terms(self, link, inputs, indices, student_logits, student_hidden, scale,
+                      mask=None, sampled=None):
+        """One teacher's contribution: its logit term through one of the three regimes (live,
+        cached top-k, other vocabulary), then hidden-state matching at the mapped layers.
+            total = weight_t · (kl_weight · logit_term + hidden_weight · hidden
+                                + contrastive_weight · contrastive)"""
+        cfg = self.config
+        w_logits = link.weight * cfg.kl_weight * scale          # d(total · scale)/d(logit_term)
+        t_hidden = {}
+        if not link.same_tokens:
+            name, value, dlogits = self.cross_vocab_term(link, inputs, student_logits, mask, w_logits)
+        else:
+            need_teacher = link.cache is None or link.layer_map or not link.cache.has(indices)
+            t_logits, t_hidden = (link.teacher.forward(inputs, hidden_layers=tuple(link.layer_map))
+                                  if need_teacher else (None, {}))
+            if link.cache is not None:
+                name, value, dlogits = self.cached_term(link, indices, t_logits, student_logits,
+                                                        mask, w_logits)
+            else:
+                name, value, dlogits = self.live_term(t_logits, student_logits, mask, sampled,
+                                                      w_logits)
+        parts, hidden_grads, proj_grads = {name: value}, {}, {}
+        total = link.weight * cfg.kl_weight * value
         if link.layer_map:
-            parts.update(self.hidden_losses(link, t_hidden, hidden_grads, scale, mask))
-        return parts, d_logits
+            hidden_parts, hidden_grads, proj_grads = self.hidden_terms(link, t_hidden, student_hidden,
+                                                                       scale, mask)
+            parts.update(hidden_parts)
+            total += link.weight * (cfg.hidden_weight * hidden_parts.get("hidden", 0.0)
+                                    + cfg.contrastive_weight * hidden_parts.get("contrastive", 0.0))
+        return TeacherTerms(parts, total, dlogits, hidden_grads, proj_grads)
 
-    def cached_topk(self, link, indices, t_logits):
-        if not link.cache.has(indices):
-            ids, logprobs = losses.teacher_topk(backend.to_device(t_logits), link.cache.k,
-                                                link.cache.meta["temperature"])
-            link.cache.put(indices, ids, logprobs)
-        ids, logprobs = link.cache.get(indices)
-        return backend.to_device(ids.astype(np.int64)), backend.to_device(logprobs.astype(self.student.dtype))
+    # ----- the three regimes of a teacher's logit term: (name, value, w · d(value)/d(logits))
 
-    def hidden_losses(self, link, t_hidden, hidden_grads, scale, mask=None):
+    def live_term(self, t_logits, student_logits, mask, sampled, w):
+        """A teacher run on the batch: KL in the configured direction, the generalized JSD
+        (--jsd_beta), or on a MiniLLM batch the policy-gradient surrogate of the reverse KL."""
+        cfg, t_logits = self.config, backend.to_device(t_logits)
+        if sampled is not None:
+            tokens, sampling_probs = sampled
+            value, cache = losses.minillm_forward(student_logits, t_logits, tokens,
+                                                  backend.to_device(sampling_probs), mask)
+            return "kl", value, losses.minillm_backward(w, cache)
+        if cfg.jsd_beta is not None:
+            value, cache = losses.jsd_forward(student_logits, t_logits, cfg.jsd_beta,
+                                              cfg.temperature, mask)
+            return "kl", value, losses.jsd_backward(w, cache)
+        value, cache = losses.kl_forward(student_logits, t_logits, cfg.temperature,
+                                         cfg.kl_direction, mask)
+        return "kl", value, losses.kl_backward(w, cache)
+
+    def cached_term(self, link, indices, t_logits, student_logits, mask, w):
+        """Offline KD: the forward KL to the teacher's top-k stored in link.cache (filled from
+        t_logits the first time a sequence is seen)."""
+        cache = link.cache
+        if not cache.has(indices):
+            ids, logprobs = losses.teacher_topk(backend.to_device(t_logits), cache.k,
+                                                cache.meta["temperature"])
+            cache.put(indices, ids, logprobs)
+        ids, logprobs = cache.get(indices)
+        topk_ids = backend.to_device(ids.astype(np.int64))                  # (b, T, k)
+        topk_logprobs = backend.to_device(logprobs.astype(student_logits.dtype))
+        value, kl_cache = losses.topk_kl_forward(student_logits, topk_ids, topk_logprobs,
+                                                 self.config.temperature, mask)
+        return "kl", value, losses.topk_kl_backward(w, kl_cache)
+
+    def cross_vocab_term(self, link, inputs, student_logits, mask, w):
+        """A teacher with its own tokenizer: ULD over the positions both sequences have."""
+        t_logits, both = self.retokenized_teacher_logits(link, inputs)
+        if mask is not None:
+            both = both * backend.to_device(mask)
+        value, cache = losses.uld_forward(student_logits, t_logits, self.config.temperature, both)
+        return "uld", value, losses.uld_backward(w, cache)
+
+    # ----- hidden states -----------------------------------------------------------------
+
+    def hidden_terms(self, link, t_hidden, student_hidden, scale, mask=None):
         """Hidden-state matching and InfoNCE at each mapped (teacher layer, student layer)
-        pair, averaged over the pairs; gradients into hidden_grads and proj_grads."""
+        pair, averaged over the pairs. Returns (parts, {student layer: d/d(hidden)},
+        {projection name: d/d(projection)}), the gradients weighted and scaled."""
         cfg, pairs = self.config, link.layer_map.items()
-        forward_fn, backward_fn = {
-            "mse": (losses.hidden_mse_forward, losses.hidden_mse_backward),
-            "cosine": (losses.hidden_cosine_forward, losses.hidden_cosine_backward)}[cfg.hidden_loss]
-        hidden, contrastive = 0.0, 0.0
+        match_forward, match_backward = {
+            "mse": (hidden_losses.hidden_mse_forward, hidden_losses.hidden_mse_backward),
+            "cosine": (hidden_losses.hidden_cosine_forward, hidden_losses.hidden_cosine_backward)}[cfg.hidden_loss]
+        w_hidden = link.weight * cfg.hidden_weight * scale / len(pairs)
+        w_contrastive = link.weight * cfg.contrastive_weight * scale / len(pairs)
+        parts = {"hidden": 0.0} if cfg.hidden_weight > 0 else {}
+        if cfg.contrastive_weight > 0:
+            parts["contrastive"] = 0.0
+        hidden_grads, proj_grads = {}, {}
         for t_layer, s_layer in pairs:
             name = link.proj_name(t_layer, s_layer)
-            s_h, proj_w = self.student.hidden_states[s_layer], self.proj_params[name]
+            s_h, proj_w = student_hidden[s_layer], self.proj_params[name]
             t_h = backend.to_device(t_hidden[t_layer]).astype(s_h.dtype)
+            grads = []                               # (d student hidden, d projection) per term
             if cfg.hidden_weight > 0:
-                value, cache = forward_fn(s_h, proj_w, t_h, mask)
-                hidden += value / len(pairs)
-                self.add_hidden_grads(name, s_layer, hidden_grads,
-                                      backward_fn(link.weight * cfg.hidden_weight * scale / len(pairs), cache))
+                value, cache = match_forward(s_h, proj_w, t_h, mask)
+                parts["hidden"] += value / len(pairs)
+                grads.append(match_backward(w_hidden, cache))
             if cfg.contrastive_weight > 0:
-                value, cache = losses.contrastive_forward(s_h, proj_w, t_h, cfg.contrastive_temperature, mask)
-                contrastive += value / len(pairs)
-                self.add_hidden_grads(name, s_layer, hidden_grads, losses.contrastive_backward(
-                    link.weight * cfg.contrastive_weight * scale / len(pairs), cache))
-        parts = {}
-        if cfg.hidden_weight > 0:
-            parts["hidden"] = hidden
-        if cfg.contrastive_weight > 0:
-            parts["contrastive"] = contrastive
-        return parts
+                value, cache = hidden_losses.contrastive_forward(s_h, proj_w, t_h,
+                                                          cfg.contrastive_temperature, mask)
+                parts["contrastive"] += value / len(pairs)
+                grads.append(hidden_losses.contrastive_backward(w_contrastive, cache))
+            for d_hidden, d_proj in grads:
+                hidden_grads[s_layer] = hidden_grads.get(s_layer, 0) + d_hidden
+                proj_grads[name] = proj_grads.get(name, 0) + d_proj
+        return parts, hidden_grads, proj_grads
 
-    def add_hidden_grads(self, proj_name, s_layer, hidden_grads, grads):
-        d_student_h, d_proj = grads
-        hidden_grads[s_layer] = hidden_grads.get(s_layer, 0) + d_student_h
-        self.proj_grads[proj_name] += d_proj
+    # ----- another vocabulary ------------------------------------------------------------
 
     def retokenized_teacher_logits(self, link, inputs):
         """A teacher with its own tokenizer reads the same text: decode the student's ids,

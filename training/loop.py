@@ -108,7 +108,7 @@ def forward_backward(student, batch, ce_weight=1.0, distiller=None, indices=None
     parts, total, hidden_grads = {"ce": float(ce)}, ce_weight * float(ce), {}
     if distiller is not None:
         sampled = None if sampling_probs is None else (backend.to_device(targets), sampling_probs)
-        terms = distiller.losses(inputs, indices, logits, scale, mask, sampled)
+        terms = distiller.losses(inputs, indices, logits, student.hidden_states, scale, mask, sampled)
         parts.update(terms.parts)
         total += terms.total
         dlogits += terms.dlogits

@@ -3,7 +3,9 @@
     loss, cache = thing_forward(student..., teacher..., mask=None)    # loss: a Python float
     dstudent... = thing_backward(dloss, cache)                         # fresh arrays
 
-Only the student receives gradients; teacher arrays are constants. This file is the math only:
+Only the student receives gradients; teacher arrays are constants. This file holds the losses
+on logits (and the helpers every loss shares); the losses on hidden states are in
+hidden_losses.py. The math only:
 the system that weighs several losses and teachers and feeds the gradients into the student
 lives in training/knowledge_transfer.py. Cross-entropy on labels is in mini_llm/model/layers.py.
 
@@ -17,9 +19,6 @@ w = mask / sum(mask) (a float mask weights positions; if none counts the loss is
     jsd            generalized Jensen-Shannon divergence JSD(beta) between them (GKD), x tau^2
     minillm        MiniLLM's policy-gradient surrogate of the sequence-level reverse KL
     topk_kl        forward KL against a cached teacher top-k plus one "rest" bucket, x tau^2
-    hidden_mse     mean squared error between projected student and teacher hidden states
-    hidden_cosine  1 - cosine similarity between them
-    contrastive    InfoNCE: each student position must pick its own teacher position in the batch
     uld            Universal Logit Distillation: L1 of sorted probabilities (any two vocabularies)
 
 Runs on NumPy or CuPy arrays (float32 or float64), through `array_module`.
@@ -27,54 +26,39 @@ Runs on NumPy or CuPy arrays (float32 or float64), through `array_module`.
 import numpy as np
 
 from mini_llm.backend import array_module
-
-NORM_EPS = 1e-8        # norms below this are floored before dividing (cosine, contrastive)
+from mini_llm.model.layers import log_softmax, softmax
 
 
 # ----------------------------------------------------------------------------- helpers
 
-def log_softmax(x):
-    """log softmax over the last axis, stable: (x - max) - log(sum(exp(x - max)))."""
-    xp = array_module(x)
-    shifted = x - x.max(axis=-1, keepdims=True)
-    return shifted - xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))
-
-
-def softmax(x):
-    """softmax over the last axis, stable (the max is subtracted before exp)."""
-    xp = array_module(x)
-    e = xp.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def _check_float(name, a, ndim):
+def check_float(name, a, ndim):
     if getattr(a, "ndim", None) != ndim or not np.issubdtype(a.dtype, np.floating):
         raise ValueError(f"{name} must be a float array with {ndim} axes, got "
                          f"{getattr(a, 'dtype', type(a).__name__)} "
                          f"of shape {getattr(a, 'shape', '?')}")
 
 
-def _check_same_positions(name, a, student):
+def check_same_positions(name, a, student):
     if a.shape[:2] != student.shape[:2]:
         raise ValueError(f"{name} has (B, T) = {a.shape[:2]}, the student has {student.shape[:2]}")
 
 
 def _check_logit_pair(student_logits, teacher_logits, temperature):
     """Both (B, T, V) float arrays of the same vocabulary, and a temperature > 0."""
-    _check_float("student_logits", student_logits, 3)
-    _check_float("teacher_logits", teacher_logits, 3)
+    check_float("student_logits", student_logits, 3)
+    check_float("teacher_logits", teacher_logits, 3)
     if teacher_logits.shape != student_logits.shape:
         raise ValueError(f"teacher_logits shape {teacher_logits.shape} != student_logits shape "
                          f"{student_logits.shape} (different vocabularies: use uld_forward)")
-    _check_temperature(temperature)
+    check_temperature(temperature)
 
 
-def _check_temperature(temperature):
+def check_temperature(temperature):
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
 
-def _position_weights(mask, shape, dtype, xp):
+def position_weights(mask, shape, dtype, xp):
     """(B, T) weights w = mask / sum(mask), summing to 1 over counted positions (all 0 if none)."""
     if mask is None:
         return xp.full(shape, 1.0 / (shape[0] * shape[1]), dtype=dtype)
@@ -105,39 +89,6 @@ def _softmax_backward(dp, p):
     return p * (dp - (p * dp).sum(axis=-1, keepdims=True))
 
 
-def _normalize_forward(x):
-    """z = x / max(|x|, NORM_EPS) over the last axis; cache (z, norm)."""
-    xp = array_module(x)
-    norm = xp.maximum(xp.sqrt((x * x).sum(axis=-1, keepdims=True)), NORM_EPS)
-    z = x / norm
-    return z, (z, norm)
-
-
-def _normalize_backward(dz, cache):
-    # forward: z = x / |x| -> dx = (dz - z (z . dz)) / |x|: the radial part of dz is dropped.
-    # Where |x| was floored the forward is z = x / eps, a plain scaling, so dx = dz / eps.
-    xp = array_module(dz)
-    z, norm = cache
-    radial = xp.where(norm > NORM_EPS, (z * dz).sum(axis=-1, keepdims=True), 0)
-    return (dz - z * radial) / norm
-
-
-def _check_projection(student_h, proj_w, teacher_h):
-    _check_float("student_h", student_h, 3)
-    _check_float("proj_w", proj_w, 2)
-    _check_float("teacher_h", teacher_h, 3)
-    _check_same_positions("teacher_h", teacher_h, student_h)
-    if proj_w.shape != (teacher_h.shape[-1], student_h.shape[-1]):
-        raise ValueError(f"proj_w has shape {proj_w.shape}, expected (Ct, Cs) = "
-                         f"{(teacher_h.shape[-1], student_h.shape[-1])}")
-
-
-def _project_backward(dy, student_h, proj_w):
-    # forward: y = h W^T -> dh = dy W, dW = dy^T h (summed over every position)
-    ct, cs = proj_w.shape
-    return dy @ proj_w, dy.reshape(-1, ct).T @ student_h.reshape(-1, cs)
-
-
 # ----------------------------------------------------------------------------- logit KL
 
 def kl_forward(student_logits, teacher_logits, temperature=1.0, direction="forward", mask=None):
@@ -157,7 +108,7 @@ def kl_forward(student_logits, teacher_logits, temperature=1.0, direction="forwa
         raise ValueError(f"unknown KL direction {direction!r}: use 'forward' or 'reverse'")
     xp = array_module(student_logits, teacher_logits)
     dtype = np.result_type(student_logits.dtype, teacher_logits.dtype)
-    w = _position_weights(mask, student_logits.shape[:2], dtype, xp)              # (B, T)
+    w = position_weights(mask, student_logits.shape[:2], dtype, xp)              # (B, T)
     log_ps = log_softmax(student_logits / temperature)                             # (B, T, V)
     log_pt = log_softmax(teacher_logits / temperature)                             # (B, T, V)
     if direction == "forward":
@@ -206,7 +157,7 @@ def jsd_forward(student_logits, teacher_logits, beta=0.5, temperature=1.0, mask=
     _check_logit_pair(student_logits, teacher_logits, temperature)
     xp = array_module(student_logits, teacher_logits)
     dtype = np.result_type(student_logits.dtype, teacher_logits.dtype)
-    w = _position_weights(mask, student_logits.shape[:2], dtype, xp)              # (B, T)
+    w = position_weights(mask, student_logits.shape[:2], dtype, xp)              # (B, T)
     log_q = log_softmax(student_logits / temperature)                              # (B, T, V)
     log_p = log_softmax(teacher_logits / temperature)                              # (B, T, V)
     # log m = log(beta p + (1 - beta) q), as a log-sum-exp of the two (no underflow)
@@ -254,7 +205,7 @@ def minillm_forward(student_logits, teacher_logits, tokens, sampling_probs, mask
     _check_logit_pair(student_logits, teacher_logits, 1.0)
     xp = array_module(student_logits, teacher_logits)
     dtype = np.result_type(student_logits.dtype, teacher_logits.dtype)
-    u = _position_weights(mask, student_logits.shape[:2], dtype, xp)              # (B, T)
+    u = position_weights(mask, student_logits.shape[:2], dtype, xp)              # (B, T)
     counted = xp.asarray(mask, dtype=dtype)                                        # (B, T) 0/1
     log_q, log_p = log_softmax(student_logits), log_softmax(teacher_logits)       # (B, T, V)
     kl = (xp.exp(log_q) * (log_q - log_p)).sum(axis=-1)                            # (B, T)
@@ -290,8 +241,8 @@ def teacher_topk(teacher_logits, k, temperature=1.0):
     temperature tau, most probable first. Example (one position, k = 2): logits [0., 2., 1.]
     -> ids [1, 2], logprobs [-0.41, -1.41].
     """
-    _check_float("teacher_logits", teacher_logits, 3)
-    _check_temperature(temperature)
+    check_float("teacher_logits", teacher_logits, 3)
+    check_temperature(temperature)
     if not 1 <= k <= teacher_logits.shape[-1]:
         raise ValueError(f"top-k needs 1 <= k <= V = {teacher_logits.shape[-1]}, got k = {k}")
     xp = array_module(teacher_logits)
@@ -313,13 +264,13 @@ def topk_kl_forward(student_logits, topk_ids, topk_logprobs, temperature=1.0, ma
     log p_rest is a log-sum-exp over the other tokens, exact even when the rest is tiny; with
     k = V there is no rest bucket and the loss equals kl_forward(direction="forward").
     """
-    _check_float("student_logits", student_logits, 3)
-    _check_float("topk_logprobs", topk_logprobs, 3)
-    _check_same_positions("topk_ids", topk_ids, student_logits)
+    check_float("student_logits", student_logits, 3)
+    check_float("topk_logprobs", topk_logprobs, 3)
+    check_same_positions("topk_ids", topk_ids, student_logits)
     if topk_ids.shape != topk_logprobs.shape or not np.issubdtype(topk_ids.dtype, np.integer):
         raise ValueError(f"topk_ids must be int with the shape of topk_logprobs "
                          f"{topk_logprobs.shape}, got {topk_ids.dtype} {topk_ids.shape}")
-    _check_temperature(temperature)
+    check_temperature(temperature)
     xp = array_module(student_logits, topk_logprobs)
     V, k = student_logits.shape[-1], topk_ids.shape[-1]
     if not 1 <= k <= V:
@@ -328,7 +279,7 @@ def topk_kl_forward(student_logits, topk_ids, topk_logprobs, temperature=1.0, ma
     if lo < 0 or hi >= V:
         raise ValueError(f"topk_ids must lie in [0, {V}), got values from {lo} to {hi}")
     dtype = np.result_type(student_logits.dtype, topk_logprobs.dtype)
-    w = _position_weights(mask, student_logits.shape[:2], dtype, xp)              # (B, T)
+    w = position_weights(mask, student_logits.shape[:2], dtype, xp)              # (B, T)
     log_ps = log_softmax(student_logits / temperature)                             # (B, T, V)
     q = xp.exp(topk_logprobs)                                                      # (B, T, k)
     kl = (q * (topk_logprobs - xp.take_along_axis(log_ps, topk_ids, axis=-1))).sum(axis=-1)
@@ -366,105 +317,6 @@ def topk_kl_backward(dloss, cache):
     return (dloss * tau * w[..., None] * ds).astype(dtype, copy=False)
 
 
-# ----------------------------------------------------------------------------- hidden states
-
-def hidden_mse_forward(student_h, proj_w, teacher_h, mask=None):
-    """Mean squared error between projected student states and teacher states.
-
-    student_h (B, T, Cs), proj_w (Ct, Cs) a learned map to the teacher's width, teacher_h
-    (B, T, Ct). y = student_h @ proj_w.T; loss = mean_bt mean_c (y - teacher_h)^2.
-    """
-    _check_projection(student_h, proj_w, teacher_h)
-    xp = array_module(student_h, proj_w, teacher_h)
-    dtype = np.result_type(student_h.dtype, proj_w.dtype, teacher_h.dtype)
-    w = _position_weights(mask, student_h.shape[:2], dtype, xp)                   # (B, T)
-    diff = student_h @ proj_w.T - teacher_h                                        # (B, T, Ct)
-    loss = (w * (diff * diff).mean(axis=-1)).sum()
-    return float(loss), (diff, w, student_h, proj_w)
-
-
-def hidden_mse_backward(dloss, cache):
-    # forward: loss = sum_bt w mean_c (y - t)^2, y = h W^T -> dy = dloss w 2 (y - t) / Ct,
-    # then through the projection: dh = dy W, dW = dy^T h.
-    diff, w, student_h, proj_w = cache
-    dy = dloss * w[..., None] * 2 * diff / diff.shape[-1]                          # (B, T, Ct)
-    dh, dw = _project_backward(dy, student_h, proj_w)
-    return dh.astype(student_h.dtype, copy=False), dw.astype(proj_w.dtype, copy=False)
-
-
-def hidden_cosine_forward(student_h, proj_w, teacher_h, mask=None):
-    """1 - cosine similarity between projected student states and teacher states.
-
-    Shapes as hidden_mse_forward. y = student_h @ proj_w.T; loss = mean_bt (1 - cos(y, teacher_h)).
-    Norms are floored at NORM_EPS, so a zero vector has cosine 0 rather than NaN. Only
-    directions count: scaling teacher_h (or y) by any positive number leaves the loss unchanged.
-    """
-    _check_projection(student_h, proj_w, teacher_h)
-    xp = array_module(student_h, proj_w, teacher_h)
-    dtype = np.result_type(student_h.dtype, proj_w.dtype, teacher_h.dtype)
-    w = _position_weights(mask, student_h.shape[:2], dtype, xp)                   # (B, T)
-    z_y, norm_cache = _normalize_forward(student_h @ proj_w.T)                     # (B, T, Ct)
-    z_t, _ = _normalize_forward(teacher_h)                                         # (B, T, Ct)
-    loss = (w * (1 - (z_y * z_t).sum(axis=-1))).sum()
-    return float(loss), (z_t, norm_cache, w, student_h, proj_w)
-
-
-def hidden_cosine_backward(dloss, cache):
-    # forward: loss = sum_bt w (1 - z_y . z_t), z_y = normalize(y), y = h W^T
-    # -> dz_y = -dloss w z_t, then back through normalize and the projection.
-    z_t, norm_cache, w, student_h, proj_w = cache
-    dy = _normalize_backward(-dloss * w[..., None] * z_t, norm_cache)             # (B, T, Ct)
-    dh, dw = _project_backward(dy, student_h, proj_w)
-    return dh.astype(student_h.dtype, copy=False), dw.astype(proj_w.dtype, copy=False)
-
-
-def contrastive_forward(student_h, proj_w, teacher_h, temperature=0.1, mask=None):
-    """InfoNCE between student and teacher states over the N counted positions of the batch.
-
-    Shapes as hidden_mse_forward. z_s = normalize(student_h @ proj_w.T), z_t = normalize(teacher_h)
-    at the counted positions (N, Ct); logits_ij = z_s_i . z_t_j / tau (N, N);
-    loss = mean_i CE(logits row i, target i): each student state must pick its own teacher
-    state out of all N, the others in the batch being the negatives. A float mask weights the
-    rows; every position with mask != 0 is a candidate. The (N, N) matrix is built in full:
-    fine up to a few thousand positions (N = 4096 is 128 MiB per float64 copy); beyond that,
-    mask out a random subset of positions. Fewer than one counted position gives loss 0.
-    """
-    _check_projection(student_h, proj_w, teacher_h)
-    _check_temperature(temperature)
-    xp = array_module(student_h, proj_w, teacher_h)
-    dtype = np.result_type(student_h.dtype, proj_w.dtype, teacher_h.dtype)
-    w = _position_weights(mask, student_h.shape[:2], dtype, xp).reshape(-1)       # (B*T,)
-    rows = xp.nonzero(w)[0]                                                        # (N,) counted
-    h = student_h.reshape(-1, student_h.shape[-1])[rows]                           # (N, Cs)
-    if h.shape[0] == 0:
-        return 0.0, (None, None, None, None, rows, h, proj_w, temperature, student_h.shape)
-    z_s, norm_cache = _normalize_forward(h @ proj_w.T)                             # (N, Ct)
-    z_t, _ = _normalize_forward(teacher_h.reshape(-1, teacher_h.shape[-1])[rows])  # (N, Ct)
-    log_probs = log_softmax(z_s @ z_t.T / temperature)                             # (N, N)
-    loss = -(w[rows] * xp.diagonal(log_probs)).sum()
-    cache = (log_probs, z_t, norm_cache, w[rows], rows, h, proj_w, temperature, student_h.shape)
-    return float(loss), cache
-
-
-def contrastive_backward(dloss, cache):
-    # forward: loss = sum_i w_i (lse_j l_ij - l_ii), l = z_s z_t^T / tau
-    # -> dl = dloss w_i (softmax(l)_ij - [i = j]), dz_s = dl z_t / tau,
-    # then back through normalize and the projection; uncounted positions get 0.
-    log_probs, z_t, norm_cache, w, rows, h, proj_w, tau, shape = cache
-    xp = array_module(h, proj_w)
-    dh = xp.zeros((shape[0] * shape[1], shape[2]), dtype=h.dtype)                 # (B*T, Cs)
-    if log_probs is None:
-        return dh.reshape(shape), xp.zeros_like(proj_w)
-    dl = xp.exp(log_probs)                                                         # (N, N)
-    n = dl.shape[0]
-    dl[xp.arange(n), xp.arange(n)] -= 1
-    dl *= dloss * w[:, None]
-    dy = _normalize_backward(dl @ z_t / tau, norm_cache)                           # (N, Ct)
-    dh_rows, dw = _project_backward(dy, h, proj_w)
-    dh[rows] = dh_rows
-    return dh.reshape(shape), dw.astype(proj_w.dtype, copy=False)
-
-
 # ----------------------------------------------------------------------------- ULD
 
 def uld_forward(student_logits, teacher_logits, temperature=1.0, mask=None):
@@ -476,14 +328,14 @@ def uld_forward(student_logits, teacher_logits, temperature=1.0, mask=None):
     loss = mean_bt sum_r |p_s_sorted_r - p_t_sorted_r| (rank r = r-th most probable token).
     |.| is not differentiable at exact ties (equal sorted values); the gradient takes 0 there.
     """
-    _check_float("student_logits", student_logits, 3)
-    _check_float("teacher_logits", teacher_logits, 3)
-    _check_same_positions("teacher_logits", teacher_logits, student_logits)
-    _check_temperature(temperature)
+    check_float("student_logits", student_logits, 3)
+    check_float("teacher_logits", teacher_logits, 3)
+    check_same_positions("teacher_logits", teacher_logits, student_logits)
+    check_temperature(temperature)
     xp = array_module(student_logits, teacher_logits)
     dtype = np.result_type(student_logits.dtype, teacher_logits.dtype)
     (B, T, vs), vt = student_logits.shape, teacher_logits.shape[-1]
-    w = _position_weights(mask, (B, T), dtype, xp)                                 # (B, T)
+    w = position_weights(mask, (B, T), dtype, xp)                                 # (B, T)
     p_s = softmax(student_logits / temperature)                                    # (B, T, Vs)
     order = xp.argsort(-p_s, axis=-1)                                              # rank -> token
     p_t_sorted = -xp.sort(-softmax(teacher_logits / temperature), axis=-1)        # (B, T, Vt)

@@ -17,13 +17,15 @@ from pathlib import Path
 from mini_llm.files import atomic_write, fsync_dir
 from mini_llm.model.transformer import MiniTransformer
 from training.loop import TrainConfig, make_optimizer, train
-from training.teachers import NGramTeacher, TransformerTeacher, sequences_fingerprint
+from training.ngram_teacher import NGramTeacher
+from training.teacher_cache import sequences_fingerprint
+from training.teachers import TransformerTeacher
 
 
 def mock_teacher_config(student_config):
     c = student_config
     return replace(c, hidden_size=2 * c.hidden_size, num_layers=2 * c.num_layers,
-                   intermediate_size=2 * c.intermediate_size)
+                   intermediate_size=2 * c.intermediate_size, head_dim=None)   # D resolved anew
 
 
 def read_fingerprint(folder):
@@ -79,7 +81,7 @@ def build_mock_transformer_teacher(student_config, tokenizer, train_seq, out_dir
         if interrupted:                  # never cache a half-trained teacher under the full fingerprint
             raise KeyboardInterrupt
         save_mock_teacher(folder, model, tokenizer, fingerprint)
-    return TransformerTeacher("mock_llama", "flux", model, tokenizer=None)
+    return TransformerTeacher("mock_llama", "minillm", model, tokenizer=None)
 
 
 def build_ngram_teacher(vocab_size, train_stream, order=3):

@@ -15,20 +15,18 @@ import importlib.util
 import json
 import math
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))                              # run from anywhere
+from mini_llm.model.transformer import MiniTransformer, TransformerConfig
+from tokenizer.bpe_tokenizer import BPETokenizer
+from training.data import encode_documents, load_texts, make_sequences, split_train_val
+from training.knowledge_transfer import DISTILL_CE_WEIGHT, DistillConfig, KnowledgeTransfer
+from training.loop import TrainConfig, evaluate, make_optimizer, train
+from training.mock import mock_teacher_config
+from training.teachers import TransformerTeacher
 
-from mini_llm.model.transformer import MiniTransformer, TransformerConfig  # noqa: E402
-from tokenizer.bpe_tokenizer import BPETokenizer  # noqa: E402
-from training.data import encode_documents, load_texts, make_sequences, split_train_val  # noqa: E402
-from training.knowledge_transfer import DISTILL_CE_WEIGHT, DistillConfig, KnowledgeTransfer  # noqa: E402
-from training.loop import TrainConfig, evaluate, make_optimizer, train  # noqa: E402
-from training.mock import mock_teacher_config  # noqa: E402
-from training.teachers import TransformerTeacher  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(steps, teacher_steps, lr, batch_size, log_dir):
@@ -49,7 +47,7 @@ def run(steps, teacher_steps, lr, batch_size, log_dir):
     plain = TrainConfig(steps=teacher_steps, batch_size=batch_size, lr=lr, warmup_steps=10, seed=1)
     train(teacher_model, make_optimizer(teacher_model, lr=lr), train_seq, [], plain, desc="teacher",
           metrics_path=log_dir / "teacher.jsonl")
-    teacher = TransformerTeacher("teacher", "flux", teacher_model)
+    teacher = TransformerTeacher("teacher", "minillm", teacher_model)
 
     # 3. the same student (same seed, same batches) alone, then with the teacher:
     #    alone:     loss = CE                 distilled: loss = 0.2 CE + 0.8 KL + 0.5 hidden

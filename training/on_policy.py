@@ -24,8 +24,9 @@ student (mixed_student_batch), and the loss on them is losses.minillm_forward's 
 import numpy as np
 
 from mini_llm import backend
-from mini_llm.generate import KVCache, forward_with_cache, generate
-from training.losses import softmax
+from mini_llm.generate import generate
+from mini_llm.model.kv_cache import KVCache
+from mini_llm.model.layers import softmax
 
 STREAM = 104729            # a fixed third seed word: these draws do not collide with others
 
@@ -68,8 +69,9 @@ def mixed_student_batch(student, teacher, batch, new_tokens, alpha, seed):
     t_cache = KVCache(t_model, len(ids)) if t_model is not None else None
     unseen, probs = ids, []
     for _ in range(new_tokens):
-        q = softmax(backend.to_host(forward_with_cache(student, unseen, s_cache)[:, -1]).astype(np.float64))
-        t_logits = (forward_with_cache(t_model, unseen, t_cache) if t_model is not None
+        s_logits = student.forward(unseen, keep_cache=False, kv_cache=s_cache)[:, -1]   # (b, V)
+        q = softmax(backend.to_host(s_logits).astype(np.float64))
+        t_logits = (t_model.forward(unseen, keep_cache=False, kv_cache=t_cache) if t_model is not None
                     else teacher.forward(ids)[0])[:, -1]
         p = softmax(backend.to_host(t_logits).astype(np.float64))
         mix = alpha * p + (1 - alpha) * q                                    # (b, V)

@@ -15,7 +15,8 @@ holding all four files is complete. A save is a swap of folders:
 A crash (even SIGKILL) at any instant leaves at least one complete folder among checkpoint,
 checkpoint.tmp and checkpoint.old. `newest_complete` finds the one with the latest step;
 `recover` moves it back to checkpoint/ before anything is deleted, so no save, resume or new
-run ever deletes the only complete copy.
+run ever deletes the only complete copy. `load_checkpoint` reads a run back (model and
+tokenizer, from that newest copy) for evaluate.py, generate.py and demos/generate.py.
 """
 import json
 import os
@@ -26,6 +27,8 @@ from mini_llm import backend
 from mini_llm.checkpoint import (CheckpointError, load_training_state, read_metadata,
                                  save_training_state)
 from mini_llm.files import OutputError, atomic_write, describe_os_error, fsync_dir
+from mini_llm.model.transformer import MiniTransformer
+from tokenizer.bpe_tokenizer import BPETokenizer
 
 FILES = ("config.json", "model.safetensors", "tokenizer.json", "training_state.safetensors")
 STATE = "training_state.safetensors"
@@ -175,3 +178,16 @@ def readable_copy(folder):
     else `folder` itself (a model folder of another origin, or one for the caller to report)."""
     best, _ = newest_complete(folder)
     return Path(folder) if best is None else best
+
+
+def load_checkpoint(folder):
+    """(model, tokenizer) of a train.py checkpoint folder (its newest complete copy: see
+    readable_copy), for evaluate.py, generate.py and demos/generate.py. One-line errors
+    (ValueError, CheckpointError) when it is missing or incomplete."""
+    folder = readable_copy(folder)        # a save cut short: its newest complete copy
+    if not folder.exists():               # most often: nothing trained yet
+        raise ValueError(f"no checkpoint at {folder}: run `python train.py --use_mock` first "
+                         "(it writes output/checkpoint), or pass --checkpoint FOLDER")
+    if not (folder / "tokenizer.json").is_file():
+        raise ValueError(f"{folder}: no tokenizer.json (pass a train.py checkpoint folder)")
+    return MiniTransformer.from_pretrained(folder), BPETokenizer.load(folder / "tokenizer.json")

@@ -19,7 +19,7 @@ from mini_llm import backend
 from mini_llm.files import atomic_write
 from mini_llm.generate import generate
 from training.data import make_sequences
-from training.teachers import sequences_fingerprint
+from training.teacher_cache import sequences_fingerprint
 
 
 def weights_fingerprint(model):
@@ -55,7 +55,7 @@ def check_request(n, prompt_tokens, max_seq_length, has_teacher):
         raise ValueError(f"--seq_kd_prompt must lie in [1, {max_seq_length - 1}], got {prompt_tokens}")
     if not has_teacher:
         raise ValueError("--seq_kd needs a teacher that writes text: a transformer teacher "
-                         "(--teacher llama:... or flux:..., or --use_mock); an n-gram cannot")
+                         "(--teacher llama:... or minillm:..., or --use_mock); an n-gram cannot")
 
 
 def check_settings(n, prompt_tokens, teacher, max_seq_length):

@@ -19,8 +19,9 @@ import numpy as np
 
 from mini_llm.backend import array_module
 from mini_llm.model import gpu_kernels
+from mini_llm.model.config import check_window
 from mini_llm.model.kernels import sliding_window_attention_backward, sliding_window_attention_forward
-from mini_llm.model.layers import linear_backward, linear_forward
+from mini_llm.model.layers import linear_backward, linear_forward, softmax
 
 # ---------------------------------------------------------------------------------------------
 # RoPE, rotate-half layout (as Hugging Face LLaMA/Mistral store q_proj and k_proj)
@@ -82,7 +83,7 @@ def window_mask(T_q, T_k, window, q_start=0, xp=None):
     t-W+1 .. t, itself included. window=None is plain causal attention.
     Example, T=5, W=2: row t has ones at columns t-1 and t (row 0 only at column 0)."""
     xp = np if xp is None else xp
-    _check_window(window)
+    check_window(window)
     pos = q_start + xp.arange(T_q)[:, None]        # (T_q, 1)
     j = xp.arange(T_k)[None, :]                    # (1, T_k)
     mask = j <= pos
@@ -91,14 +92,11 @@ def window_mask(T_q, T_k, window, q_start=0, xp=None):
     return mask
 
 
-def _check_window(window):
-    if window is not None and (int(window) != window or window < 1):
-        raise ValueError(f"sliding window must be None or an integer >= 1, got {window!r}")
-
-
 def _kv_group(q, k, v):
-    """H // Hkv, the number of query heads that share one kv head (GQA), after checking shapes."""
-    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
+    """H // Hkv, the number of query heads that share one kv head (GQA), after checking shapes.
+    k and v may hold more positions than q (generation: the KV cache's earlier keys first)."""
+    if (k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[1] > k.shape[1]
+            or q.shape[3] != k.shape[3]):
         raise ValueError(f"attention shapes do not fit: q {q.shape}, k {k.shape}, v {v.shape}")
     if q.shape[2] % k.shape[2]:
         raise ValueError(f"num_heads {q.shape[2]} is not a multiple of num_kv_heads {k.shape[2]}")
@@ -110,21 +108,22 @@ def _kv_group(q, k, v):
 
 
 def attention_reference_forward(q, k, v, window):
-    """q (B, T, H, D), k/v (B, T, Hkv, D) -> out (B, T, H, D).
+    """q (B, T, H, D), k/v (B, Tk, Hkv, D) -> out (B, T, H, D).
     out = softmax(q kᵀ / sqrt(D), masked to the causal window) v, per head. With GQA (Hkv < H)
-    query head h reads kv head h // (H // Hkv): k and v are repeated to H heads."""
+    query head h reads kv head h // (H // Hkv): k and v are repeated to H heads.
+    Training has Tk = T. Generation with a KV cache passes Tk >= T keys of consecutive
+    positions, the queries being the last T of them (so query i sits at key Tk - T + i)."""
     xp = array_module(q, k, v)
-    _check_window(window)
+    check_window(window)
     group = _kv_group(q, k, v)
-    T, D = q.shape[1], q.shape[3]
+    T, Tk, D = q.shape[1], k.shape[1], q.shape[3]
     qh = q.transpose(0, 2, 1, 3)                                       # (B, H, T, D)
-    kh = xp.repeat(k, group, axis=2).transpose(0, 2, 1, 3)             # (B, H, T, D)
-    vh = xp.repeat(v, group, axis=2).transpose(0, 2, 1, 3)             # (B, H, T, D)
-    scores = (qh @ kh.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(D))   # (B, H, T, T)
-    scores = xp.where(window_mask(T, T, window, xp=xp), scores, -xp.inf)
-    # stable softmax: subtract the row max (finite: every row sees at least its own key)
-    p = xp.exp(scores - scores.max(axis=-1, keepdims=True))            # (B, H, T, T)
-    p /= p.sum(axis=-1, keepdims=True)
+    kh = xp.repeat(k, group, axis=2).transpose(0, 2, 1, 3)             # (B, H, Tk, D)
+    vh = xp.repeat(v, group, axis=2).transpose(0, 2, 1, 3)             # (B, H, Tk, D)
+    scores = (qh @ kh.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(D))   # (B, H, T, Tk)
+    scores = xp.where(window_mask(T, Tk, window, q_start=Tk - T, xp=xp), scores, -xp.inf)
+    # every row sees at least its own key, so the row max softmax subtracts is finite
+    p = softmax(scores)                                                # (B, H, T, Tk)
     out = (p @ vh).transpose(0, 2, 1, 3)                               # (B, T, H, D)
     return xp.ascontiguousarray(out), (qh, kh, vh, p, group)
 
@@ -145,8 +144,8 @@ def attention_reference_backward(dout, cache):
     dq = (ds @ kh) * scale                                             # (B, H, T, D)
     dk = (ds.transpose(0, 1, 3, 2) @ qh) * scale                       # (B, H, T, D)
 
-    def sum_groups(g):                                                 # (B, H, T, D) -> (B, T, Hkv, D)
-        return g.transpose(0, 2, 1, 3).reshape(B, T, H // group, group, D).sum(axis=3)
+    def sum_groups(g):                                                 # (B, H, Tk, D) -> (B, Tk, Hkv, D)
+        return g.transpose(0, 2, 1, 3).reshape(B, g.shape[2], H // group, group, D).sum(axis=3)
 
     xp = array_module(dout)
     return xp.ascontiguousarray(dq.transpose(0, 2, 1, 3)), sum_groups(dk), sum_groups(dv)
@@ -192,8 +191,10 @@ def attention_backward(dout, cache):
 
 
 def self_attention_forward(x, wq, wk, wv, wo, cos, sin, num_heads, num_kv_heads, window,
-                           use_kernel=None):
-    """x (B, T, C); wq (H*D, C), wk/wv (Hkv*D, C), wo (C, H*D); cos/sin (T, D) -> y (B, T, C)."""
+                           use_kernel=None, kv_cache=None, layer=0):
+    """x (B, T, C); wq (H*D, C), wk/wv (Hkv*D, C), wo (C, H*D); cos/sin (T, D) -> y (B, T, C).
+    kv_cache (generation): the keys and values of earlier positions come from it, the new ones
+    go into it (kv_cache.py), and the dense reference attends over all of them."""
     B, T, C = x.shape
     H, Hkv = num_heads, num_kv_heads
     D = wq.shape[0] // H
@@ -207,7 +208,11 @@ def self_attention_forward(x, wq, wk, wv, wo, cos, sin, num_heads, num_kv_heads,
     v, v_cache = linear_forward(x, wv)                                 # (B, T, Hkv*D)
     q, rope_q_cache = rope_forward(q.reshape(B, T, H, D), cos, sin)    # (B, T, H, D)
     k, rope_k_cache = rope_forward(k.reshape(B, T, Hkv, D), cos, sin)  # (B, T, Hkv, D)
-    a, attn_cache = attention_forward(q, k, v.reshape(B, T, Hkv, D), window, use_kernel)
+    v = v.reshape(B, T, Hkv, D)
+    if kv_cache is not None:
+        k, v = kv_cache.extend(layer, k, v)                           # (B, S'+T, Hkv, D)
+        use_kernel = False                                             # the kernels take Tk = T
+    a, attn_cache = attention_forward(q, k, v, window, use_kernel)
     y, o_cache = linear_forward(a.reshape(B, T, H * D), wo)            # (B, T, C)
     return y, (q_cache, k_cache, v_cache, rope_q_cache, rope_k_cache, attn_cache, o_cache)
 

@@ -38,6 +38,8 @@ import math
 
 import numpy as np
 
+from mini_llm.model.kernels import checked_window
+
 ROWS = 64           # threads per block: the queries (or keys) one block owns
 MAX_HEAD_DIM = 256  # register arrays of D values; larger D would only spill more
 
@@ -324,17 +326,10 @@ def _attention_kernels(dtype_name, D):
 def _checked(q, k, v, window):
     """cupy and the effective window (T when None, at most T), after checking the inputs."""
     cp = _on_gpu(q, k, v)
-    if q.dtype not in (np.float32, np.float64) or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"GPU attention needs float32 or float64 q, k, v of one dtype, "
-                         f"got {q.dtype}, {k.dtype}, {v.dtype}")
-    B, T, H, D = q.shape
-    if k.shape != v.shape or k.shape[:2] != (B, T) or k.shape[3] != D or H % k.shape[2]:
-        raise ValueError(f"attention shapes do not fit: q {q.shape}, k {k.shape}, v {v.shape}")
-    if D > MAX_HEAD_DIM:
-        raise ValueError(f"GPU attention supports head_dim up to {MAX_HEAD_DIM}, got {D}")
-    if window is not None and (int(window) != window or window < 1):
-        raise ValueError(f"sliding window must be None or an integer >= 1, got {window!r}")
-    return cp, T if window is None else min(int(window), T)
+    W = checked_window(q, k, v, window, who="GPU attention")
+    if q.shape[3] > MAX_HEAD_DIM:
+        raise ValueError(f"GPU attention supports head_dim up to {MAX_HEAD_DIM}, got {q.shape[3]}")
+    return cp, W
 
 
 def sliding_window_attention_forward(q, k, v, window):

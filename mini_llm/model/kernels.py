@@ -27,6 +27,7 @@ import math
 import numpy as np
 from numba import njit, parallel_chunksize, prange
 
+from mini_llm.model.config import check_window
 from mini_llm.progress import warm_up
 
 BLOCK = 64          # queries (or keys) per parallel task
@@ -186,16 +187,16 @@ def _backward_dkdv(q, k, v, dout, lse, delta, window, scale, dk, dv):
 # Python wrappers: (B, T, H, D) in and out, like attention.py
 
 
-def _checked(q, k, v, window):
-    """The effective window (T when None, at most T), after checking dtypes and shapes."""
+def checked_window(q, k, v, window, who="kernel"):
+    """The effective window (T when None, at most T), after checking dtypes and shapes (the
+    Numba kernels here and the CUDA kernels of gpu_kernels.py take the same inputs)."""
     if q.dtype not in (np.float32, np.float64) or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"kernel needs float32 or float64 q, k, v of one dtype, "
+        raise ValueError(f"{who} needs float32 or float64 q, k, v of one dtype, "
                          f"got {q.dtype}, {k.dtype}, {v.dtype}")
     B, T, H, D = q.shape
     if k.shape != v.shape or k.shape[:2] != (B, T) or k.shape[3] != D or H % k.shape[2]:
         raise ValueError(f"attention shapes do not fit: q {q.shape}, k {k.shape}, v {v.shape}")
-    if window is not None and (int(window) != window or window < 1):
-        raise ValueError(f"sliding window must be None or an integer >= 1, got {window!r}")
+    check_window(window)
     return T if window is None else min(int(window), T)
 
 
@@ -221,7 +222,7 @@ def _warm_up(dtype, backward=False):
 def sliding_window_attention_forward(q, k, v, window):
     """q (B, T, H, D), k/v (B, T, Hkv, D) -> out (B, T, H, D) in q's dtype, lse (B, T, H) float64.
     window None means full causal attention."""
-    W = _checked(q, k, v, window)
+    W = checked_window(q, k, v, window)
     B, T, H, D = q.shape
     scale = q.dtype.type(1.0 / math.sqrt(D))            # in q's dtype, so float32 stays float32
     out = np.zeros((B, H, T, D), q.dtype)
@@ -235,7 +236,7 @@ def sliding_window_attention_forward(q, k, v, window):
 def sliding_window_attention_backward(dout, q, k, v, out, lse, window):
     """Returns dq (B, T, H, D), dk, dv (B, T, Hkv, D) for the forward above (out and lse are its
     outputs)."""
-    W = _checked(q, k, v, window)
+    W = checked_window(q, k, v, window)
     B, T, H, D = q.shape
     scale = q.dtype.type(1.0 / math.sqrt(D))
     dout = dout.astype(q.dtype, copy=False)

@@ -150,6 +150,15 @@ def log_softmax(logits):
     return logp
 
 
+def softmax(logits):
+    """Softmax over the last axis, stable: exp(z - m) / Σ exp(z - m), m the row max (rows of
+    -inf entries, as masks write them, get probability 0 there). Normalised in place."""
+    xp = array_module(logits)
+    p = xp.exp(logits - logits.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    return p
+
+
 def cross_entropy_forward(logits, targets, ignore_index=-100):
     """logits (B, T, V), targets (B, T) int -> mean of -log p(target) over the positions whose
     target is not ignore_index (padding). Returns (loss as a 0-d array, cache)."""

@@ -10,86 +10,15 @@ and what the last forward kept for backward. The math lives in free functions
         x = x + swiglu(rmsnorm(x))                   hidden_states[i + 1]
     logits = rmsnorm(x) @ lm_head.T                  (lm_head = embed when tied)
 """
-from dataclasses import asdict, dataclass
-from typing import Optional
-
 import numpy as np
 
-from mini_llm import backend
+from mini_llm import backend, checkpoint
 from mini_llm.backend import array_module
 from mini_llm.model import attention, layers
-
-
-@dataclass
-class TransformerConfig:
-    vocab_size: int = 30000           # tokens in the vocabulary; the tokenizer's real size
-    hidden_size: int = 384            # C: width of the residual stream
-    num_layers: int = 6               # decoder blocks
-    num_heads: int = 6                # H: query heads; hidden_size % num_heads == 0 unless head_dim is set
-    num_kv_heads: int = 6             # Hkv: key/value heads (GQA); num_heads % num_kv_heads == 0
-    intermediate_size: int = 1536     # F: SwiGLU width, typically ~2.7-4x hidden_size
-    max_seq_length: int = 512         # longest sequence the model accepts (RoPE table size)
-    sliding_window: Optional[int] = None   # W: token t sees t-W+1..t (Mistral); None = full causal
-    rope_theta: float = 10000.0       # RoPE base; LLaMA-3 uses 500000
-    norm_eps: float = 1e-5            # RMSNorm epsilon (Mistral 1e-5, LLaMA-2 1e-5, LLaMA-3 1e-5)
-    tie_word_embeddings: bool = False # reuse the embedding as the LM head (saves V*C parameters)
-    head_dim: Optional[int] = None    # D: None means hidden_size // num_heads
-
-    @property
-    def head_size(self):
-        """D, the width of one attention head."""
-        return self.head_dim or self.hidden_size // self.num_heads
-
-    def validate(self):
-        """Raise one clear ValueError for an impossible configuration."""
-        positive = ["vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
-                    "intermediate_size", "max_seq_length"]
-        for name in positive:
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"config: {name} must be positive, got {getattr(self, name)}")
-        if self.head_dim is None and self.hidden_size % self.num_heads:
-            raise ValueError(f"config: num_heads={self.num_heads} does not divide "
-                             f"hidden_size={self.hidden_size}")
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"config: num_kv_heads={self.num_kv_heads} does not divide "
-                             f"num_heads={self.num_heads}")
-        if self.head_size % 2:
-            raise ValueError(f"config: head_dim={self.head_size} must be even for RoPE")
-        if self.sliding_window is not None and self.sliding_window < 1:
-            raise ValueError(f"config: sliding_window must be >= 1 or None, got {self.sliding_window}")
-        return self
-
-    def to_dict(self):
-        return asdict(self)
-
-
-def layer_param_shapes(config, i):
-    """Name -> shape of the parameters of decoder block i, Hugging Face names, [out, in]."""
-    C, F = config.hidden_size, config.intermediate_size
-    q_out, kv_out = config.num_heads * config.head_size, config.num_kv_heads * config.head_size
-    p = f"model.layers.{i}."
-    return {
-        p + "input_layernorm.weight": (C,),
-        p + "self_attn.q_proj.weight": (q_out, C),
-        p + "self_attn.k_proj.weight": (kv_out, C),
-        p + "self_attn.v_proj.weight": (kv_out, C),
-        p + "self_attn.o_proj.weight": (C, q_out),
-        p + "post_attention_layernorm.weight": (C,),
-        p + "mlp.gate_proj.weight": (F, C),
-        p + "mlp.up_proj.weight": (F, C),
-        p + "mlp.down_proj.weight": (C, F),
-    }
-
-
-def param_shapes(config):
-    """Every parameter's name and shape; no lm_head.weight when the head is tied."""
-    shapes = {"model.embed_tokens.weight": (config.vocab_size, config.hidden_size)}
-    for i in range(config.num_layers):
-        shapes.update(layer_param_shapes(config, i))
-    shapes["model.norm.weight"] = (config.hidden_size,)
-    if not config.tie_word_embeddings:
-        shapes["lm_head.weight"] = (config.vocab_size, config.hidden_size)
-    return shapes
+# TransformerConfig lives in config.py (checkpoint.py needs it without the model); it is
+# imported here too because `from mini_llm.model.transformer import TransformerConfig` is
+# how a model is built: config, then MiniTransformer(config)
+from mini_llm.model.config import TransformerConfig, param_shapes  # noqa: F401
 
 
 def init_params(config, seed, dtype):
@@ -135,15 +64,18 @@ class MiniTransformer:
     def head_weight_name(self):
         return "model.embed_tokens.weight" if self.config.tie_word_embeddings else "lm_head.weight"
 
-    def rope(self, T):
-        """cos, sin (T, D) for positions 0..T-1, computed once for max_seq_length."""
+    def rope(self, T, start=0):
+        """cos, sin (T, D) for positions start..start+T-1, from a table computed once for
+        max_seq_length (a rolling KV cache goes further: those are computed when asked)."""
+        c = self.config
+        xp = array_module(self.params["model.norm.weight"])
+        if start + T > c.max_seq_length:
+            return attention.rope_cos_sin(T, c.head_dim, c.rope_theta, self.dtype, start=start, xp=xp)
         if self._rope_table is None:
-            c = self.config
-            xp = array_module(self.params["model.norm.weight"])
-            self._rope_table = attention.rope_cos_sin(c.max_seq_length, c.head_size, c.rope_theta,
+            self._rope_table = attention.rope_cos_sin(c.max_seq_length, c.head_dim, c.rope_theta,
                                                       self.dtype, xp=xp)
         cos, sin = self._rope_table
-        return cos[:T], sin[:T]
+        return cos[start:start + T], sin[start:start + T]
 
     def check_ids(self, ids):
         """One clear error for ids the model cannot take."""
@@ -160,33 +92,43 @@ class MiniTransformer:
 
     # ----- forward / backward ------------------------------------------------------------
 
-    def forward(self, ids, keep_cache=True):
+    def forward(self, ids, keep_cache=True, kv_cache=None):
         """ids (B, T) int -> logits (B, T, V). keep_cache=False (inference, teachers) drops
-        what backward would need as soon as each layer is done."""
+        what backward would need as soon as each layer is done. kv_cache (generation,
+        kv_cache.py): ids are the tokens at positions kv_cache.next_pos.., attending to the
+        cached ones before them; the cache takes their keys and values."""
         p, c = self.params, self.config
         ids = backend.to_device(ids)
         self.check_ids(ids)
-        cos, sin = self.rope(ids.shape[1])
+        start = 0
+        if kv_cache is not None:
+            kv_cache.check_room(ids.shape[1])
+            start = kv_cache.next_pos
+        cos, sin = self.rope(ids.shape[1], start)
         caches = []
         x, embed_cache = layers.embedding_forward(ids, p["model.embed_tokens.weight"])   # (B, T, C)
         self.hidden_states = [x]
         for i in range(c.num_layers):
-            x, block_cache = self.block_forward(i, x, cos, sin)
+            x, block_cache = self.block_forward(i, x, cos, sin, kv_cache)
             self.hidden_states.append(x)
             caches.append(block_cache if keep_cache else None)
+        if kv_cache is not None:
+            kv_cache.advance(ids.shape[1])
         x, norm_cache = layers.rmsnorm_forward(x, p["model.norm.weight"], c.norm_eps)
         logits, head_cache = layers.linear_forward(x, p[self.head_weight_name()])     # (B, T, V)
         self._cache = (embed_cache, caches, norm_cache, head_cache) if keep_cache else None
         return logits
 
-    def block_forward(self, i, x, cos, sin):
-        """One decoder block: pre-norm attention then pre-norm SwiGLU, each added to x."""
+    def block_forward(self, i, x, cos, sin, kv_cache=None):
+        """One decoder block: pre-norm attention then pre-norm SwiGLU, each added to x. The same
+        block serves training (backward from its cache) and generation (with a KV cache)."""
         p, c, pre = self.params, self.config, f"model.layers.{i}."
         h, norm1 = layers.rmsnorm_forward(x, p[pre + "input_layernorm.weight"], c.norm_eps)
         a, attn = attention.self_attention_forward(
             h, p[pre + "self_attn.q_proj.weight"], p[pre + "self_attn.k_proj.weight"],
             p[pre + "self_attn.v_proj.weight"], p[pre + "self_attn.o_proj.weight"],
-            cos, sin, c.num_heads, c.num_kv_heads, c.sliding_window, use_kernel=self.use_kernel)
+            cos, sin, c.num_heads, c.num_kv_heads, c.sliding_window, use_kernel=self.use_kernel,
+            kv_cache=kv_cache, layer=i)
         x = x + a
         h, norm2 = layers.rmsnorm_forward(x, p[pre + "post_attention_layernorm.weight"], c.norm_eps)
         f, mlp = layers.swiglu_forward(h, p[pre + "mlp.gate_proj.weight"],
@@ -239,12 +181,10 @@ class MiniTransformer:
 
     def save_pretrained(self, directory):
         """config.json (Hugging Face MistralConfig keys) + model.safetensors, written atomically."""
-        from mini_llm import checkpoint
         checkpoint.save_pretrained(self, directory)
 
     @classmethod
     def from_pretrained(cls, directory, dtype=np.float32):
         """Load ours, or a Hugging Face LLaMA / Mistral folder (fp32/fp16/bf16, sharded or not)."""
-        from mini_llm import checkpoint
         config, params = checkpoint.load_pretrained(directory, dtype=dtype)
         return cls(config, dtype=dtype, params=params)

@@ -1,8 +1,8 @@
 """Benchmark the BPE tokenizer: training and encoding, ours vs references.
 
-    python benchmarks/tokenizer.py                       # corpus built from text on this machine
-    python benchmarks/tokenizer.py --corpus big.txt      # or a UTF-8 file you pass
-    python benchmarks/tokenizer.py --quick               # smoke run, seconds: 1 MB, vocab 1024,
+    python benchmarks/tokenizer_speed.py                 # corpus built from text on this machine
+    python benchmarks/tokenizer_speed.py --corpus big.txt  # or a UTF-8 file you pass
+    python benchmarks/tokenizer_speed.py --quick         # smoke run, seconds: 1 MB, vocab 1024,
                                                          # 30 reference merges, 1 repeat
 
 Measures, on >= 5 MB of real English text (nothing is downloaded):
@@ -27,9 +27,9 @@ import sysconfig
 import tempfile
 import time
 
-os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars inside timed regions
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tokenizer.bpe_tokenizer import PATTERNS, BPETokenizer, read_text_file  # noqa: E402
+os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars inside timed regions (read on import)
+from tokenizer.bpe_tokenizer import PATTERNS, BPETokenizer  # noqa: E402  (after TQDM_DISABLE)
+from training.data import read_data_file  # noqa: E402
 
 MB = 1 << 20
 SPECIALS = ["<|endoftext|>", "<pad>", "<bos>", "<eos>"]
@@ -77,7 +77,7 @@ def machine_corpus(train_bytes, held_out_bytes):
             try:
                 if not os.path.isfile(path) or not 2048 <= os.path.getsize(path) <= 4 * MB:
                     continue
-                text = read_text_file(path)
+                text = read_data_file(path)
             except (ValueError, OSError):
                 continue
             digest = hashlib.sha1(text.encode()).digest()
@@ -91,7 +91,7 @@ def machine_corpus(train_bytes, held_out_bytes):
 
 def file_corpus(path):
     """A user's file cut into ~64 KB documents at line ends, about 10% held out."""
-    text = read_text_file(path)
+    text = read_data_file(path)
     docs, start = [], 0
     while start < len(text):
         end = text.find("\n", start + 65536)
@@ -128,7 +128,7 @@ def hf_train(tokenizers, docs, vocab_size, pattern):
     return tok
 
 
-def main():
+def parse_args():
     parser = argparse.ArgumentParser(description="BPE tokenizer benchmark")
     parser.add_argument("--corpus", help="UTF-8 text file (default: text found on this machine)")
     parser.add_argument("--vocab-size", type=int, default=8192)
@@ -146,15 +146,11 @@ def main():
                              "(flags given still win); its numbers mean little")
     if parser.parse_known_args()[0].quick:        # smaller defaults; flags given still win
         parser.set_defaults(corpus_mb=1.0, vocab_size=1024, reference_merges=30, repeats=1)
-    args = parser.parse_args()
-    try:
-        import tokenizers
-    except ImportError:
-        tokenizers = None
-    pattern = PATTERNS[args.pattern]
+    return parser.parse_args()
 
-    train, held_out, used = (file_corpus(args.corpus) if args.corpus
-                             else machine_corpus(args.corpus_mb * MB, 0.12 * args.corpus_mb * MB))
+
+def describe_run(args, train, held_out, used, tokenizers):
+    """Print the corpus, where it came from, and the machine."""
     train_mb = sum(len(d.encode()) for d in train) / MB
     held_mb = sum(len(d.encode()) for d in held_out) / MB
     print(f"corpus: {train_mb:.2f} MB train ({len(train)} docs), {held_mb:.2f} MB held out "
@@ -168,15 +164,16 @@ def main():
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
           f"pattern {args.pattern}; repeats {args.repeats}; tokenizers {hf_version}\n")
 
-    start = time.perf_counter()
-    BPETokenizer(vocab_size=270).train("warm up the Numba kernels, warm up")
-    BPETokenizer(vocab_size=300).encode("warm up")
-    jit_s = time.perf_counter() - start
+
+def training_rows(args, train, tokenizers):
+    """Time training: ours vs HF at --vocab-size, then ours vs the reference vs HF on
+    --reference-merges merges (checking reference merges == Numba merges).
+    Returns (rows, our tokenizer at --vocab-size, HF's or None)."""
+    pattern = PATTERNS[args.pattern]
 
     def ours(vocab_size, reference=False):
         return BPETokenizer(vocab_size, SPECIALS, args.pattern).train(train, reference=reference)
 
-    rows = []  # (what, ours, reference, HF, ratio, target, target met?)
     ours_s, ours_tok = timed(lambda: ours(args.vocab_size), args.repeats)
     merges = len(ours_tok.merges)
     hf_s, hf_tok = (timed(lambda: hf_train(tokenizers, train, args.vocab_size, pattern),
@@ -189,11 +186,17 @@ def main():
         sys.exit("validation failed: reference and Numba merges differ")
     hf_small_s = (timed(lambda: hf_train(tokenizers, train, 256 + len(SPECIALS) + k, pattern),
                         args.repeats)[0] if tokenizers else None)
-    rows.append((f"train {merges} merges (vocab {args.vocab_size}), s", ours_s, None, hf_s,
-                 hf_s and ours_s / hf_s, "ours/HF <= 3", hf_s and ours_s / hf_s <= 3))
-    rows.append((f"train {k} merges, same work, s", small_s, ref_s, hf_small_s,
-                 ref_s / small_s, "reference/ours >= 20", ref_s / small_s >= 20))
+    rows = [(f"train {merges} merges (vocab {args.vocab_size}), s", ours_s, None, hf_s,
+             hf_s and ours_s / hf_s, "ours/HF <= 3", hf_s and ours_s / hf_s <= 3),
+            (f"train {k} merges, same work, s", small_s, ref_s, hf_small_s,
+             ref_s / small_s, "reference/ours >= 20", ref_s / small_s >= 20)]
+    return rows, ours_tok, hf_tok
 
+
+def encoding_rows(args, ours_tok, hf_tok, train, held_out, tokenizers):
+    """Time encoding with one saved tokenizer.json, ours vs HF (checking that HF gives our
+    ids), then compare bytes per token on the held-out text. Returns rows."""
+    rows = []
     saved = ours_tok.save(os.path.join(tempfile.mkdtemp(prefix="minillm_bench_"), "tok.json"))
     docs = train + held_out
     n_mb = sum(len(d.encode()) for d in docs) / MB
@@ -221,7 +224,11 @@ def main():
     rows.append(("bytes per token, held out", our_bpt, None, hf_bpt,
                  hf_bpt and our_bpt / hf_bpt, "0.98 <= ours/HF <= 1.02",
                  hf_bpt and 0.98 <= our_bpt / hf_bpt <= 1.02))
+    return rows
 
+
+def print_table(rows):
+    """rows: (what, ours, reference, HF, ratio, target, target met?), None where not measured."""
     print(f"{'measurement':<46} {'ours':>9} {'reference':>10} {'HF':>9} {'ratio':>8}  "
           f"{'target':<24} met")
     for what, a, ref, hf, ratio, target, met in rows:
@@ -230,13 +237,32 @@ def main():
         ratio_cell = f"{ratio:>8.3f}" if ratio is not None else f"{'-':>8}"
         verdict = "-" if hf is None and ref is None else ("yes" if met else "NO")
         print(f"{what:<46} {cells[0]} {ref_cell} {cells[1]} {ratio_cell}  {target:<24} {verdict}")
+
+
+def main():
+    args = parse_args()
+    try:
+        import tokenizers
+    except ImportError:
+        tokenizers = None
+    train, held_out, used = (file_corpus(args.corpus) if args.corpus
+                             else machine_corpus(args.corpus_mb * MB, 0.12 * args.corpus_mb * MB))
+    describe_run(args, train, held_out, used, tokenizers)
+
+    start = time.perf_counter()
+    BPETokenizer(vocab_size=270).train("warm up the Numba kernels, warm up")
+    BPETokenizer(vocab_size=300).encode("warm up")
+    jit_s = time.perf_counter() - start
+
+    rows, ours_tok, hf_tok = training_rows(args, train, tokenizers)
+    rows += encoding_rows(args, ours_tok, hf_tok, train, held_out, tokenizers)
+    print_table(rows)
     print(f"\nmedian of {args.repeats} runs (reference: 1 run). Training times include "
           "pre-tokenization and word counting. HF trains and encode_batch-es on all "
           f"{os.cpu_count()} CPUs; ours runs on one. Numba kernels loaded/compiled once "
           f"before timing ({jit_s:.1f} s, not counted). Checked in this run: reference merges "
           "== Numba merges" + ("; HF encodes our tokenizer.json to our ids on the held-out "
                                "text." if tokenizers else "."))
-
 
 if __name__ == "__main__":
     main()

@@ -5,6 +5,7 @@
 Array-valued layers are turned into scalars by projecting onto a fixed random dy: f = Σ y·dy,
 whose gradient with respect to the input is exactly what `thing_backward(dy, cache)` returns.
 Always in float64: in float32 the rounding error of f swamps the O(eps²) truncation error.
+Used by the tests (tests/test_layers.py shows the pattern) and by demos/gradient_check.py.
 """
 import numpy as np
 
