@@ -76,7 +76,8 @@ def check_writable_dir(folder, what="output_dir"):
         raise OutputError(f"{what} {folder} is a file, not a folder")
     try:
         os.makedirs(folder, exist_ok=True)
-        atomic_write(os.path.join(folder, ".write_test"), b"ok")
-        os.unlink(os.path.join(folder, ".write_test"))
+        probe = os.path.join(folder, f".write_test.{os.getpid()}")   # one per process (MPI ranks)
+        atomic_write(probe, b"ok")
+        os.unlink(probe)
     except OSError as e:
         raise OutputError(f"{what} {folder} cannot be written ({describe_os_error(e)})") from None

@@ -99,6 +99,24 @@ def test_distillation_quick(tmp_path):
                                        rf"{NUMBER}\s+{NUMBER}x$"), (method, budget)
 
 
+def test_distributed_quick():
+    result = run_benchmark("distributed")         # its workers set their own thread counts
+    if result.returncode == 2 and "needs mpi4py and mpiexec" in result.stderr:
+        pytest.skip(result.stderr.strip())
+    out = check_ran(result)
+    assert "note: --quick" in out
+    assert lines_matching(out, rf"^check, step-0 gradients after the all-reduce vs 1x1 .*: 1x2 rank 0 max diff "
+                               rf"{NUMBER}, 2x1 rank 0 max diff {NUMBER}, 2x1 rank 1 max diff {NUMBER}: equal$")
+    assert lines_matching(out, r"^configuration\s+\|\s+ms/step \|\s+tokens/s \| ratio vs 1x1 "
+                               r"\| all-reduce ms/step \| all-reduce share of step$")
+    for label in ("1 rank x 1 thread", "1 rank x 2 threads"):
+        assert lines_matching(out, rf"^{label}\s+\|\s+{NUMBER} \|\s+{NUMBER} \|\s+{NUMBER}x \|\s+- \|\s+-$"), label
+    assert lines_matching(out, rf"^2 ranks x 1 thread\s+\|\s+{NUMBER} \|\s+{NUMBER} \|\s+{NUMBER}x \|\s+{NUMBER} "
+                               rf"\|\s+{NUMBER}%$")
+    assert lines_matching(out, r"^all-reduced per step: [\d,]+ bytes .* in \d+ bucket")
+    assert "1x1 numba 1 openblas 1, 1x2 numba 2 openblas 2, 2x1 numba 1 openblas 1" in out
+
+
 @pytest.mark.gpu                                     # it skips ON a GPU machine
 @pytest.mark.skipif(HAS_GPU, reason="checks the no-GPU exit; a GPU is present")
 def test_gpu_quick_without_a_gpu_says_so_in_one_line():

@@ -203,6 +203,15 @@ def check_enough_tokens(train_stream, data_path, max_seq_length):
                          f"(+1); use --max_seq_length {max(1, len(train_stream) - 1)} or less, or more text")
 
 
+def check_resumed_ranks(stored, world_size, folder):
+    """--resume with the number of MPI ranks the run was saved with (the global batch is
+    ranks · --batch_size, so another number would change the schedule)."""
+    saved = stored.get("world_size", 1)
+    if saved != world_size:
+        raise ValueError(f"--resume: the run in {folder} was trained by {saved} rank(s), this is "
+                         f"{world_size}; resume with mpiexec -n {saved} (or start over with --overwrite)")
+
+
 def resumed_schedule(stored, steps, data_fingerprint, folder):
     """What --resume continues: refused when the data changed or the run is already past the
     new length; a changed length is said with its consequence for the schedule."""

@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mini_llm import backend
+from mini_llm.distributed import SINGLE
 from mini_llm.model import layers
 from mini_llm.optim import AdamW, clip_grad_norm, get_lr
 from mini_llm.progress import StepClock
@@ -118,11 +119,12 @@ def forward_backward(student, batch, ce_weight=1.0, distiller=None, indices=None
     return parts
 
 
-def student_written(student, distiller, batch, m, config):
+def student_written(student, distiller, batch, m, config, rank=0):
     """On-policy micro-batch m (training/on_policy.py): the batch's last on_policy_tokens
     tokens rewritten by the student -> (ids, mask of the written positions, sampling
-    probabilities for MiniLLM or None). No cross-entropy on it: its labels are the student's."""
-    c, seed = config, (config.seed, m)
+    probabilities for MiniLLM or None). No cross-entropy on it: its labels are the student's.
+    Each rank samples its share with its own seed (so N ranks draw other samples than one)."""
+    c, seed = config, ((config.seed, m) if rank == 0 else (config.seed, m, rank))
     if c.objective == "minillm":            # teacher-mixed samples, scored by a policy gradient
         return on_policy.mixed_student_batch(student, distiller.links[0].teacher, batch,
                                              c.on_policy_tokens, c.mix_alpha, seed)
@@ -167,41 +169,56 @@ def log_line(step, parts, lr, ms):
     return f"step {step} | loss {parts['total']:.3f} | {comps} | lr {lr:.1e} | {ms:.0f} ms"
 
 
+def step_gradients(student, distiller, train_seq, step, config, group=SINGLE):
+    """The gradient of one optimizer step into the grads: its grad_accum_steps micro-batches,
+    each one this rank's share of the global micro-batch, forward and backward, weighted so
+    that the sum over micro-batches and ranks is the mean; then the sum over ranks. Returns the
+    step's loss components, averaged the same way."""
+    c, parts = config, {}
+    for micro in range(c.grad_accum_steps):
+        m = step * c.grad_accum_steps + micro
+        indices, batch = micro_batch(train_seq, m, c.batch_size * group.size, c.seed)
+        share = group.share(len(indices))                 # this rank's rows of the micro-batch
+        frac = (share.stop - share.start) / len(indices)  # n_rank / n: 1.0 with one rank
+        weight = frac / c.grad_accum_steps
+        indices, batch = indices[share], batch[share]
+        if not len(indices):
+            continue
+        if on_policy.is_student_batch(c.seed, m, c.on_policy_fraction):
+            batch, mask, probs = student_written(student, distiller, batch, m, c, group.rank)
+            micro_parts = forward_backward(student, batch, 0.0, distiller, None, weight, mask, probs)
+            micro_parts["on_policy"] = 1.0
+        else:
+            micro_parts = forward_backward(student, batch, c.ce_weight, distiller, indices, weight)
+            if c.on_policy_fraction:
+                micro_parts["on_policy"] = 0.0
+        for k, v in micro_parts.items():
+            parts[k] = parts.get(k, 0.0) + v * frac / c.grad_accum_steps
+    group.allreduce_grads(trainable(student, distiller)[1])
+    return group.sum_values(parts)
+
+
 def train(student, optimizer, train_seq, val_seq, config, distiller=None, start_step=0,
-          on_save=None, metrics_path=None, desc="train"):
+          on_save=None, metrics_path=None, desc="train", group=SINGLE):
     """Run optimizer steps start_step..config.steps-1 on `student` (and the projections of
     `distiller`, a KnowledgeTransfer, if given) with `optimizer` (see make_optimizer).
     Evaluates every config.eval_every steps, calls on_save(step) every config.save_every,
     appends one JSON line per step to metrics_path. Returns (last step done, interrupted),
-    interrupted False, or the name of the signal that stopped the run ("SIGINT", "SIGTERM")."""
+    interrupted False, or the name of the signal that stopped the run ("SIGINT", "SIGTERM").
+    group (mini_llm/distributed.py): the ranks sharing each batch; rank 0 evaluates and logs."""
     c = config
     params, grads = trainable(student, distiller)
     clock = StepClock(start_step, c.steps)
-    metrics = open(metrics_path, "a") if metrics_path else None
-    step = start_step
+    metrics = open(metrics_path, "a") if metrics_path and group.is_root else None
+    step, group.lockstep = start_step, True
     try:
         with StopFlag() as flag:
             bar = tqdm(range(start_step, c.steps), desc=desc, initial=start_step, total=c.steps,
-                       dynamic_ncols=True, leave=False)
+                       dynamic_ncols=True, leave=False, disable=not group.is_root)
             for step in bar:
                 t0 = time.perf_counter()
                 lr = get_lr(step, c.lr, c.warmup_steps, c.steps, c.min_lr_ratio)
-                parts = {}
-                for micro in range(c.grad_accum_steps):
-                    m = step * c.grad_accum_steps + micro
-                    indices, batch = micro_batch(train_seq, m, c.batch_size, c.seed)
-                    if on_policy.is_student_batch(c.seed, m, c.on_policy_fraction):
-                        batch, mask, probs = student_written(student, distiller, batch, m, c)
-                        micro_parts = forward_backward(student, batch, 0.0, distiller, None,
-                                                       1.0 / c.grad_accum_steps, mask, probs)
-                        micro_parts["on_policy"] = 1.0
-                    else:
-                        micro_parts = forward_backward(student, batch, c.ce_weight, distiller, indices,
-                                                       1.0 / c.grad_accum_steps)
-                        if c.on_policy_fraction:
-                            micro_parts["on_policy"] = 0.0
-                    for k, v in micro_parts.items():
-                        parts[k] = parts.get(k, 0.0) + v / c.grad_accum_steps
+                parts = step_gradients(student, distiller, train_seq, step, c, group)
                 grad_norm = clip_grad_norm(grads, c.grad_clip)
                 optimizer.step(params, grads, lr=lr)
                 zero_grads(grads)
@@ -210,7 +227,8 @@ def train(student, optimizer, train_seq, val_seq, config, distiller=None, start_
                 ms = 1000 * (time.perf_counter() - t0)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
                 record = {"step": step + 1, **parts, "lr": lr, "grad_norm": grad_norm, "ms": ms}
-                if c.eval_every and ((step + 1) % c.eval_every == 0 or step + 1 == c.steps) and len(val_seq):
+                if (c.eval_every and ((step + 1) % c.eval_every == 0 or step + 1 == c.steps)
+                        and len(val_seq) and group.is_root):
                     record["val_loss"] = evaluate(student, val_seq, c.batch_size)
                     record["val_ppl"] = math.exp(min(record["val_loss"], 50))
                     tqdm.write(log_line(step + 1, parts, lr, ms) +
@@ -218,12 +236,15 @@ def train(student, optimizer, train_seq, val_seq, config, distiller=None, start_
                 if metrics:
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
-                if on_save and c.save_every and (step + 1) % c.save_every == 0:
+                if on_save and c.save_every and (step + 1) % c.save_every == 0 and group.is_root:
                     on_save(step + 1)
-                if flag.stop:
-                    return step + 1, flag.stop
+                stop = group.first_signal(flag.stop)      # any rank's Ctrl-C stops every rank
+                if stop:
+                    group.lockstep = False
+                    return step + 1, stop
             bar.close()
     finally:
         if metrics:
             metrics.close()
+    group.lockstep = False           # (left True when an exception escapes: see train.py's main)
     return c.steps, False

@@ -1,12 +1,14 @@
 """train.py's command line: the flags, their defaults, and the configs they become.
 
 build_parser lists every flag (grouped as `python train.py --help` shows them); parse_args
-completes and checks them; distill_config and train_config turn them into the dataclasses the
-library takes (DistillConfig, TrainConfig). Nothing else in the library sees `args`.
+completes and checks them; model_config, distill_config and train_config turn them into the
+dataclasses the library takes (TransformerConfig, DistillConfig, TrainConfig). Besides
+training/checks.py, which checks them, nothing else in the library sees `args`.
 """
 import argparse
 from pathlib import Path
 
+from mini_llm.model.config import TransformerConfig
 from training import checks, on_policy, seq_kd
 from training.knowledge_transfer import DISTILL_CE_WEIGHT, DistillConfig
 from training.loop import TrainConfig
@@ -212,6 +214,14 @@ def distill_config(args):
                          jsd_beta=args.jsd_beta,
                          hidden_loss=args.hidden_loss, cross_vocab=args.cross_vocab,
                          layer_map=args.layer_map).validate()
+
+
+def model_config(args, vocab_size):
+    """The student's TransformerConfig: the size flags and the tokenizer's real vocabulary."""
+    return TransformerConfig(
+        vocab_size=vocab_size, hidden_size=args.hidden_size, num_layers=args.num_layers,
+        num_heads=args.num_heads, num_kv_heads=args.num_kv_heads, intermediate_size=args.intermediate_size,
+        max_seq_length=args.max_seq_length, sliding_window=args.sliding_window).validate()
 
 
 def train_config(args, steps, ce_weight):

@@ -67,6 +67,13 @@ def save_loss_curve(metrics_path, png_path):
     return png_path
 
 
+def data_parallel_line(group, batch_size, grads):
+    """What the ranks share, for the run's opening lines."""
+    return (f"data parallel: {group.size} MPI ranks x --batch_size {batch_size} = "
+            f"{group.size * batch_size} sequences per micro-batch; gradients summed by "
+            f"{group.all_reduce_name(grads.values())}")
+
+
 def perplexity_rows(student, distiller, val_seq):
     """[(name, validation perplexity)]: each teacher that shares the student's tokens
     (perplexities over other tokens do not compare), then the student."""
