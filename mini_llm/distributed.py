@@ -61,8 +61,8 @@ def setup():
         from mpi4py import MPI
     except ImportError:
         raise NoMPI(f"started as one of {launched_ranks()} MPI ranks, but mpi4py is not "
-                         "installed: pip install -e \".[distributed]\" (each rank alone would "
-                         "train on all the data)") from None
+                    "installed: pip install -e \".[distributed]\" (each rank alone would "
+                    "train on all the data)") from None
     return Group(MPI.COMM_WORLD)
 
 
