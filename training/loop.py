@@ -6,7 +6,9 @@ KnowledgeTransfer is given), the backward; then clip the gradient norm and take 
 Plain training is the same loop without teachers: the loss is ce_weight · CE (weight 1 by
 default), and the logged loss is that loss. Distillation adds terms; it does not own the step.
 On-policy distillation (training/on_policy.py) swaps a share of the micro-batches for text the
-student writes itself; the step is otherwise the same.
+student writes itself; the step is otherwise the same. Under MPI (mini_llm/distributed.py) a
+micro-batch is the global one of batch_size · N rows: each of the N ranks runs its share, and
+the gradients are summed over the ranks before the clip (step_gradients).
 
 The batch order is a pure function of (seed, micro-batch number): micro-batch m of the run is
 batch m % n of epoch m // n, and each epoch's order is a permutation drawn from
