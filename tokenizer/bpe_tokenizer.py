@@ -294,11 +294,12 @@ class BPETokenizer:
     def _encode_ordinary(self, text, ids):
         """Append the ids of text (special tokens already cut out) to `ids`."""
         chunks = self._pretokenize(self._normalize(text))
-        cache = self._cache
-        new = [c for c in set(chunks) if c not in cache]
+        cache, unique = self._cache, set(chunks)
+        new = [c for c in unique if c not in cache]
+        if len(cache) + len(new) > CACHE_LIMIT:   # full: start over, with every chunk of this text
+            cache.clear()
+            new = list(unique)
         if new:
-            if len(cache) + len(new) > CACHE_LIMIT:
-                cache.clear()
             cache.update(zip(new, self._encode_chunks(new)))
         ids.extend(itertools.chain.from_iterable(map(cache.__getitem__, chunks)))
 

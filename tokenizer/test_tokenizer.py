@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from tokenizer import byte_bpe
 from tests.errors import one_line_error
+from tokenizer import bpe_tokenizer, byte_bpe
 from tokenizer.bpe_tokenizer import BPETokenizer
 from tokenizer.byte_bpe import get_pair_counts, merge_pair
 
@@ -179,3 +179,20 @@ def test_load_rejects_broken_parts(tok, tmp_path):
         path.write_text(json.dumps(broken), encoding="utf-8")
         one_line_error(lambda: BPETokenizer.load(path), str(path), words)
     one_line_error(lambda: BPETokenizer.load(tmp_path / "nowhere"), "nowhere")
+
+
+def test_chunk_cache_overflow_in_one_call(tok):
+    """More than CACHE_LIMIT (2^18) new distinct chunks in one encode, after earlier calls
+    filled the cache: the cache starts over with every chunk of this text (it once dropped the
+    chunks already cached, then failed to read them back: KeyError)."""
+    rng = np.random.default_rng(0)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    words = {"".join(w) for w in rng.choice(letters, size=(bpe_tokenizer.CACHE_LIMIT + 5000, 7))}
+    words = sorted(words)
+    assert len(words) > bpe_tokenizer.CACHE_LIMIT
+    warm = tok.encode(" ".join(words[:1000]))               # these chunks are now cached
+    ids = tok.encode(" ".join(words))                       # 2^18 + more new ones, and the cached
+    assert len(tok._cache) <= len(words) + 1
+    assert ids[:len(warm)] == warm
+    pieces = [tok.encode((" " if i else "") + " ".join(words[i:i + 50000])) for i in range(0, len(words), 50000)]
+    assert ids == [i for piece in pieces for i in piece]    # the same ids as in small calls
