@@ -1,6 +1,7 @@
 """Teacher adapters: transformer teachers loaded from checkpoint folders, the n-gram teacher
 (against a plain-Python reference, and better than uniform on held-out text), the offline
 top-k cache, and the parsers for --teacher and --layer_map with their one-line errors."""
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from mini_llm.model.transformer import MiniTransformer, TransformerConfig
 from tokenizer.bpe_tokenizer import BPETokenizer
+from training.knowledge_transfer import DistillConfig, KnowledgeTransfer
 from training.losses import teacher_topk
 from training.ngram_teacher import NGramTeacher
 from training.teacher_cache import TeacherOutputCache, sequences_fingerprint
@@ -323,3 +325,28 @@ def test_check_vocab():
     check_vocab(teacher, 300, token_level=False)
     message = one_line_error(lambda: check_vocab(teacher, 300), "--tokenizer_path")
     assert "ULD" in message and "big" in message and "500" in message
+
+
+def test_padded_embedding_rows_are_dropped_and_said_once(tmp_path):
+    """A teacher with more embedding rows than tokens (published checkpoints pad the vocabulary)
+    teaches a student of the real vocabulary: the extra rows are dropped, its distribution is the
+    softmax over the real tokens, and one notice says so. Fewer rows than tokens: refused."""
+    V, padded = 40, 48
+    config = TransformerConfig(vocab_size=padded, hidden_size=16, num_layers=1, num_heads=2,
+                               num_kv_heads=2, intermediate_size=32, max_seq_length=16)
+    teacher = TransformerTeacher("padded", "minillm", MiniTransformer(config, seed=1, dtype=np.float64))
+    student = MiniTransformer(dataclasses.replace(config, vocab_size=V), seed=2, dtype=np.float64)
+    notices = []
+    check_vocab(teacher, V, notice=notices.append)
+    assert teacher.vocab_size == V and len(notices) == 1
+    assert "48 embedding rows for 40 tokens" in notices[0] and "8 rows" in notices[0]
+    ids = np.random.default_rng(0).integers(0, V, size=(2, 9))
+    logits, _ = teacher.forward(ids)
+    full = teacher.model.forward(ids, keep_cache=False)
+    assert logits.shape == (2, 9, V) and np.array_equal(logits, full[..., :V])
+    distiller = KnowledgeTransfer(student, [(teacher, 1.0)], DistillConfig())   # links without error
+    logits_s = student.forward(ids)
+    terms = distiller.losses(ids, None, logits_s, student.hidden_states)
+    assert np.isfinite(terms.total) and terms.dlogits.shape == (2, 9, V)
+    small = TransformerTeacher("small", "minillm", MiniTransformer(dataclasses.replace(config, vocab_size=32)))
+    one_line_error(lambda: check_vocab(small, V, notice=notices.append), "32", "40")

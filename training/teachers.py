@@ -35,9 +35,16 @@ class TransformerTeacher:
 
     def __init__(self, name, kind, model, tokenizer=None):
         self.name, self.kind, self.model, self.tokenizer = name, kind, model, tokenizer
-        self.vocab_size = model.config.vocab_size
+        self.vocab_size = model.config.vocab_size       # the logits' width (drop_padded_rows)
         self.num_layers = model.config.num_layers
         self.hidden_size = model.config.hidden_size
+
+    def drop_padded_rows(self, n_tokens):
+        """Keep the first n_tokens logits. Published checkpoints round the embedding up past the
+        tokenizer (Qwen2.5: 151,936 rows for 151,665 tokens; LLaMA-style: to a multiple of 64
+        or 128); those rows are never a real next token. The softmax over the kept logits is
+        the teacher's distribution renormalised over the real tokens."""
+        self.vocab_size = n_tokens
 
     def forward(self, ids, hidden_layers=()):
         """ids (B, T) -> logits (B, T, V), {i: hidden_states[i] (B, T, C)} for i in hidden_layers."""
@@ -45,6 +52,8 @@ class TransformerTeacher:
             if not 0 <= i <= self.num_layers:
                 raise ValueError(f"teacher {self.name} has hidden states 0..{self.num_layers}, asked for {i}")
         logits = self.model.forward(ids, keep_cache=False)
+        if logits.shape[-1] > self.vocab_size:          # padded rows dropped
+            logits = logits[..., :self.vocab_size]
         hidden = {i: self.model.hidden_states[i] for i in hidden_layers}
         self.model.hidden_states = []          # let the other layers' activations go
         return logits, hidden
@@ -78,9 +87,17 @@ def same_tokenizer(a, b):
             and a.pre_tokenizer == b.pre_tokenizer and a.normalizer == b.normalizer)
 
 
-def check_vocab(teacher, student_vocab_size, token_level=True):
+def check_vocab(teacher, student_vocab_size, token_level=True, notice=print):
     """Token-level losses compare probabilities token by token, so both vocabularies must be
-    the same size (and the same tokens: the caller gives the student the teacher's tokenizer)."""
+    the same size (and the same tokens: the caller gives the student the teacher's tokenizer).
+    First, a teacher with more embedding rows than its tokenizer has tokens (padding; without
+    a tokenizer of its own it shares the student's) drops the extra rows, and notice() says so."""
+    tokens = student_vocab_size if teacher.tokenizer is None else teacher.tokenizer.vocab_size
+    if teacher.vocab_size > tokens and hasattr(teacher, "drop_padded_rows"):
+        notice(f"teacher {teacher.name}: {teacher.vocab_size} embedding rows for {tokens} tokens; the "
+               f"{teacher.vocab_size - tokens} rows past the vocabulary are padding, dropped (its "
+               f"distribution renormalised over the {tokens} tokens)")
+        teacher.drop_padded_rows(tokens)
     if token_level and teacher.vocab_size != student_vocab_size:
         raise ValueError(f"teacher {teacher.name} has a vocabulary of {teacher.vocab_size} tokens, the "
                          f"student {student_vocab_size}: for token-level KL pass the teacher's tokenizer "
