@@ -119,6 +119,15 @@ def test_distributed_quick():
 
 @pytest.mark.gpu                                     # it skips ON a GPU machine
 @pytest.mark.skipif(HAS_GPU, reason="checks the no-GPU exit; a GPU is present")
+def test_teacher_cost_quick():
+    out = check_ran(run_benchmark("teacher_cost", "--threads", "1"))
+    assert lines_matching(out, r"^measured\s+\|\s+ms \| vs student step$")
+    for row in ("student step \\(CE\\)", "teacher forward \\(inference\\)", "distilled step, teacher live",
+                "distilled step, top-k cache"):
+        assert lines_matching(out, rf"^{row}\s+\|\s+{NUMBER} \|\s+{NUMBER}x$"), row
+    assert lines_matching(out, rf"^top-k cache on disk: {NUMBER} bytes per token \(k=32: 256 bytes")
+
+
 def test_gpu_quick_without_a_gpu_says_so_in_one_line():
     result = run_benchmark("gpu", timeout=120)
     assert result.returncode == 1
