@@ -327,7 +327,7 @@ def _pop_min(heap, n):
 @njit(cache=True)
 def _encode_one(data, lo, hi, byte_to_id, table_key, table_rank, rank_new_id,
                 sym, nxt, prv, heap, out, o):
-    """Merge the bytes data[lo:hi] into tokens written to out[o:]; returns the new o.
+    """Merge the symbols data[lo:hi] into tokens written to out[o:]; returns the new o.
 
     Heap keys are rank << 32 | position: lowest rank first, then leftmost,
     exactly the order of Hugging Face's `Word::merge_all`. An entry is stale when
@@ -377,7 +377,8 @@ def _encode_one(data, lo, hi, byte_to_id, table_key, table_rank, rank_new_id,
 
 @njit(cache=True, nogil=True)
 def encode_chunks(data, offsets, byte_to_id, table_key, table_rank, rank_new_id):
-    """Encode chunks data[offsets[k]:offsets[k+1]] (uint8) into token ids.
+    """Encode chunks data[offsets[k]:offsets[k+1]] into token ids; data holds bytes (uint8)
+    or, for SentencePiece-style BPE, characters' ids (int64), each mapped by byte_to_id.
 
     Returns (ids, out_offsets): chunk k's tokens are ids[out_offsets[k]:out_offsets[k+1]].
     """

@@ -20,6 +20,12 @@ How it works (GPT-2 style byte-level BPE):
 Ids: bytes 0..255, then merges, then special tokens. Saved as a Hugging Face
 `tokenizer.json` (see `hf_format.py`). The encoder never adds BOS/EOS on its
 own; callers append `eos_id` themselves.
+
+`load` also reads SentencePiece-style BPE files (Llama 2, Mistral: `byte_fallback`),
+whose symbols are characters, not bytes, and whose spaces are "▁": then
+`byte_fallback` is True, step 3 is `sentencepiece_bpe.initial_symbols`, and decode
+runs the file's decoder steps (`sentencepiece_bpe.decode_pieces`). Training makes
+byte-level BPE only.
 """
 import collections
 import itertools
@@ -30,9 +36,9 @@ import numpy as np
 import regex
 from tqdm import tqdm
 
-from tokenizer import byte_bpe, hf_format
+from tokenizer import byte_bpe, hf_format, hf_pipeline, sentencepiece_bpe
 from tokenizer.byte_bpe import render_token, train_fast, train_reference
-from tokenizer.hf_format import GPT2_PATTERN, GPT4_PATTERN, PREFIX_SPACE
+from tokenizer.hf_pipeline import GPT2_PATTERN, GPT4_PATTERN, PREFIX_SPACE
 
 PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
 DEFAULT_SPECIAL_TOKENS = ("<|endoftext|>", "<pad>", "<bos>", "<eos>")
@@ -95,6 +101,7 @@ class BPETokenizer:
                                  f"{pattern!r}") from None
         self.requested_vocab_size = vocab_size
         self._configure(hf_format.pre_tokenizer_json(PATTERNS.get(pattern, pattern)), None)
+        self.unk_token = None
         self._set_vocab({i: bytes([i]) for i in range(256)}, [],
                         {s: 256 + k for k, s in enumerate(special_tokens)}, list(range(256)))
         self.ignore_merges = False
@@ -102,12 +109,16 @@ class BPETokenizer:
 
     # --- state -----------------------------------------------------------
 
-    def _configure(self, pre_tokenizer, normalizer):
-        """Set the pre-tokenizer and normalizer from their tokenizer.json dicts."""
+    def _configure(self, pre_tokenizer, normalizer, decoder=None, byte_fallback=False):
+        """Set the pre-tokenizer, normalizer and decoder from their tokenizer.json dicts;
+        byte_fallback: SentencePiece-style BPE (characters, not bytes, are the symbols)."""
         self.pre_tokenizer, self.normalizer = pre_tokenizer, normalizer
-        steps = hf_format.parse_pre_tokenizer(pre_tokenizer, "pre_tokenizer")
-        self._steps = [s if s == PREFIX_SPACE else regex.compile(s) for s in steps]
-        self._normal_forms = hf_format.parse_normalizer(normalizer, "normalizer")
+        self.decoder, self.byte_fallback = decoder, byte_fallback
+        steps = hf_pipeline.parse_pre_tokenizer(pre_tokenizer, "pre_tokenizer", byte_fallback)
+        self._steps = [regex.compile(s) if isinstance(s, str) and s != PREFIX_SPACE else s
+                       for s in steps]
+        self._normal_steps = hf_pipeline.parse_normalizer(normalizer, "normalizer")
+        self._decoder_steps = hf_pipeline.parse_decoder(decoder, "decoder") if byte_fallback else []
 
     def _set_vocab(self, vocab, merges, special_tokens, byte_ids):
         """vocab {id: bytes}; merges [(a, b, new_id)] by rank; special_tokens {text: id}."""
@@ -118,7 +129,8 @@ class BPETokenizer:
             self._id_bytes[i] = token
         for s, i in special_tokens.items():
             self._id_bytes[i] = s.encode("utf-8")
-        self._str_to_id = {hf_format.token_to_str(t): i for i, t in vocab.items()}
+        self._str_to_id = {hf_format.vocab_string(t, self.byte_fallback): i
+                           for i, t in vocab.items()}
         self._str_to_id.update(special_tokens)
         self._bytes_to_id = {t: i for i, t in vocab.items()}
         self._byte_ids = np.asarray(byte_ids, dtype=np.int64)           # (256,) id of each byte
@@ -142,31 +154,42 @@ class BPETokenizer:
     pad_id = property(lambda self: self._role_id("pad"), doc="id of <pad>, or None")
 
     def token_to_id(self, token):
-        """Vocab string -> id, or None. Byte-level strings as in tokenizer.json: 'Ġthe'."""
+        """Vocab string -> id, or None. Strings as in tokenizer.json: 'Ġthe' (byte-level),
+        '▁the' (SentencePiece)."""
         return self._str_to_id.get(token)
 
     def id_to_token(self, token_id):
-        """Id -> its vocab string ('Ġthe', or the special token's text)."""
+        """Id -> its vocab string ('Ġthe', '▁the', or the special token's text)."""
         self._check_ids([token_id])
         for s, i in self.special_tokens.items():
             if i == token_id:
                 return s
-        return hf_format.token_to_str(self.vocab[token_id])
+        return hf_format.vocab_string(self.vocab[token_id], self.byte_fallback)
 
     # --- pre-tokenizer: text -> chunks -----------------------------------
 
     def _normalize(self, text):
-        """Apply the normalizer's Unicode forms in order (none by default; e.g. NFC)."""
-        for form in self._normal_forms:
-            text = unicodedata.normalize(form, text)
+        """Apply the normalizer's steps in order (none by default): a Unicode form (NFC),
+        Prepend("▁") or Replace(" ", "▁") (SentencePiece's legacy layout)."""
+        for kind, *args in self._normal_steps:
+            if kind == "unicode":
+                text = unicodedata.normalize(args[0], text)
+            elif kind == "prepend":
+                text = args[0] + text if text else text
+            else:
+                pattern, content = args
+                text = regex.sub(pattern, lambda _: content, text)
         return text
 
-    def _pretokenize(self, text):
-        """Text (no special tokens) -> chunks, by the pre-tokenizer's steps in order."""
+    def _pretokenize(self, text, first=True):
+        """Text (no special tokens) -> chunks, by the pre-tokenizer's steps in order.
+        first: the text starts the input (no special token before it), for Metaspace."""
         pieces = [text]
         for step in self._steps:
             if step == PREFIX_SPACE:
                 pieces = [p if p.startswith(" ") else " " + p for p in pieces]
+            elif isinstance(step, tuple):  # ("metaspace", replacement, prepend_scheme, split)
+                pieces = sentencepiece_bpe.metaspace(pieces, *step[1:], first=first)
             elif len(pieces) == 1:
                 pieces = split_isolated(step, pieces[0])
             else:
@@ -207,6 +230,9 @@ class BPETokenizer:
         verbose prints one line per merge; otherwise a progress bar shows on big
         corpora. reference=True runs the plain-Python loop instead of Numba.
         """
+        if self.byte_fallback:
+            raise ValueError("train(): this is a SentencePiece-style (byte_fallback) tokenizer; "
+                             "train makes byte-level BPE: start from BPETokenizer(...)")
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts:
             raise ValueError("train(): the list of texts is empty")
@@ -284,16 +310,16 @@ class BPETokenizer:
             if k % 2:
                 ids.append(self.special_tokens[piece])
             elif piece:
-                self._encode_ordinary(piece, ids)
+                self._encode_ordinary(piece, ids, first=k == 0)
         return ids
 
     def encode_batch(self, texts, allowed_special="all"):
         """List of texts -> list of id lists (the chunk cache is shared across them)."""
         return [self.encode(text, allowed_special) for text in texts]
 
-    def _encode_ordinary(self, text, ids):
+    def _encode_ordinary(self, text, ids, first=True):
         """Append the ids of text (special tokens already cut out) to `ids`."""
-        chunks = self._pretokenize(self._normalize(text))
+        chunks = self._pretokenize(self._normalize(text), first)
         cache, unique = self._cache, set(chunks)
         new = [c for c in unique if c not in cache]
         if len(cache) + len(new) > CACHE_LIMIT:   # full: start over, with every chunk of this text
@@ -310,7 +336,11 @@ class BPETokenizer:
         except UnicodeEncodeError as e:
             raise ValueError(f"encode(): text holds {e.object[e.start]!r}, a lone surrogate, "
                              "which is not valid Unicode") from None
-        result = byte_bpe.encode_fast(data, self._byte_ids, self._merge_table)
+        if self.byte_fallback:
+            result = sentencepiece_bpe.encode_words_fast(chunks, self._bytes_to_id,
+                                                         self._byte_ids, self._merge_table)
+        else:
+            result = byte_bpe.encode_fast(data, self._byte_ids, self._merge_table)
         if self.ignore_merges:
             whole = self._bytes_to_id
             result = [(whole[d],) if d in whole else r for d, r in zip(data, result)]
@@ -336,6 +366,9 @@ class BPETokenizer:
         except (IndexError, TypeError):
             self._check_ids(ids)
             raise
+        if self.byte_fallback:  # the file's decoder steps, on the token strings
+            pieces = [self._id_bytes[i].decode("utf-8") for i in ids]
+            return sentencepiece_bpe.decode_pieces(pieces, self._decoder_steps, errors)
         return data.decode("utf-8", errors=errors)
 
     # --- files -----------------------------------------------------------
@@ -344,16 +377,22 @@ class BPETokenizer:
         """Write a Hugging Face tokenizer.json (to `path`, or to path/tokenizer.json when
         path is a directory or has no .json suffix) plus a readable *.vocab.txt beside it.
         Returns the tokenizer.json path."""
+        sentencepiece = {"decoder": self.decoder, "unk_token": self.unk_token} \
+            if self.byte_fallback else None
         return hf_format.save(path, self.vocab, self.merges, self.special_tokens,
-                              self.pre_tokenizer, self.normalizer, self.ignore_merges)
+                              self.pre_tokenizer, self.normalizer, self.ignore_merges,
+                              sentencepiece)
 
     @classmethod
     def load(cls, path):
-        """Read a tokenizer.json (ours or Hugging Face's byte-level BPE), or a directory
-        holding one. One-line ValueError when the file is missing, corrupt or foreign."""
+        """Read a tokenizer.json (ours or Hugging Face's byte-level or SentencePiece-style
+        BPE), or a directory holding one. One-line ValueError when the file is missing,
+        corrupt or foreign."""
         parts = hf_format.from_json_file(path)
         tokenizer = cls.__new__(cls)
-        tokenizer._configure(parts["pre_tokenizer"], parts["normalizer"])
+        tokenizer._configure(parts["pre_tokenizer"], parts["normalizer"], parts["decoder"],
+                             parts["byte_fallback"])
+        tokenizer.unk_token = parts["unk_token"]
         tokenizer._set_vocab(parts["vocab"], parts["merges"], parts["special_tokens"],
                              parts["byte_ids"])
         tokenizer.requested_vocab_size = tokenizer.vocab_size

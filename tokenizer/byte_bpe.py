@@ -159,11 +159,19 @@ def encode_fast(chunks, byte_ids, table):
     """Byte strings -> one tuple of ids each, by the Numba kernel; the same ids as
     `encode_chunk_reference`. byte_ids: (256,) int64, the id of each byte; table:
     from `merge_table`."""
-    offsets = np.zeros(len(chunks) + 1, np.int64)  # (N+1,) chunk k is data[offsets[k]:offsets[k+1]]
-    np.cumsum([len(c) for c in chunks], out=offsets[1:])
-    # compiles on 1 byte (the nested call returns at once)
-    warm_up("bpe encode", "BPE encoding kernels", lambda: encode_fast([b"a"], byte_ids, table))
-    ids, bounds = bpe_kernels.encode_chunks(np.frombuffer(b"".join(chunks), np.uint8),
-                                            offsets, byte_ids, *table)
+    data = np.frombuffer(b"".join(chunks), np.uint8)
+    return encode_symbols_fast(data, [len(c) for c in chunks], byte_ids, table)
+
+
+def encode_symbols_fast(data, lengths, symbol_ids, table):
+    """The kernel on any base alphabet: chunk k is the next lengths[k] entries of data
+    (uint8 bytes here; int64 characters' ids in `sentencepiece_bpe.py`), each entry s
+    starting as the id symbol_ids[s]. Returns one tuple of ids per chunk."""
+    offsets = np.zeros(len(lengths) + 1, np.int64)  # (N+1,) chunk k: data[offsets[k]:offsets[k+1]]
+    np.cumsum(lengths, out=offsets[1:])
+    # compiles on 1 symbol, once per dtype of data (the nested call returns at once)
+    warm_up(f"bpe encode {data.dtype}", "BPE encoding kernels",
+            lambda: encode_symbols_fast(np.zeros(1, data.dtype), [1], symbol_ids, table))
+    ids, bounds = bpe_kernels.encode_chunks(data, offsets, symbol_ids, *table)
     ids, bounds = ids.tolist(), bounds.tolist()
-    return [tuple(ids[bounds[k]:bounds[k + 1]]) for k in range(len(chunks))]
+    return [tuple(ids[bounds[k]:bounds[k + 1]]) for k in range(len(lengths))]

@@ -1,40 +1,37 @@
-"""Read and write Hugging Face `tokenizer.json` files for byte-level BPE.
+"""Read and write Hugging Face `tokenizer.json` files for byte-level and SentencePiece BPE.
 
 What it is: the translation between BPETokenizer's plain state (token bytes,
 merges as id pairs, special tokens, pre-tokenizer settings) and the JSON layout
 that Hugging Face `tokenizers` writes and loads. What it isn't: a general
 tokenizer.json reader. It takes the byte-level BPE family (GPT-2, LLaMA-3,
-SmolLM/StarCoder, Qwen2) and refuses anything else with one line naming the part.
+SmolLM/StarCoder, Qwen2) and SentencePiece-style BPE (`byte_fallback`: Llama 2,
+TinyLlama, Mistral, Vicuna; see `sentencepiece_bpe.py`), and refuses anything
+else with one line naming the part.
 
-Two conventions of that format matter here:
+Three conventions of that format matter here:
 
-- Vocab strings are bytes in disguise. GPT-2 maps each of the 256 bytes to a
-  printable character (`bytes_to_unicode`), so the token b" the" is stored as
-  "Ġthe" (space 0x20 -> "Ġ").
+- Byte-level vocab strings are bytes in disguise. GPT-2 maps each of the 256
+  bytes to a printable character (`bytes_to_unicode`), so the token b" the" is
+  stored as "Ġthe" (space 0x20 -> "Ġ").
+- SentencePiece vocab strings are plain text with "▁" for a space ("▁the"),
+  plus the 256 byte tokens "<0x00>".."<0xFF>"; we keep their UTF-8 as the token
+  bytes, so b"\xe2\x96\x81the" is "▁the".
 - The pre-tokenizer is a chain of regex splits. `ByteLevel(use_regex=true)`
   splits with GPT-2's pattern; LLaMA-3 style files put their own pattern in a
-  `Split` step and end with `ByteLevel(use_regex=false)`. We reduce every chain
-  to a list of steps: a regex pattern (split, keeping every piece) or
-  PREFIX_SPACE (prepend " " to a piece that lacks it).
+  `Split` step and end with `ByteLevel(use_regex=false)`. `hf_pipeline.py`
+  reduces every chain (and the normalizer, and a SentencePiece decoder) to a
+  list of small steps: a regex pattern (split, keeping every piece) or
+  PREFIX_SPACE (prepend " " to a piece that lacks it), and so on.
 """
 import json
 import os
 
-import regex
-
 from mini_llm.files import atomic_write
 from tokenizer.byte_bpe import render_token
-
-# GPT-2's pattern (also ByteLevel's built-in regex) and GPT-4's cl100k pattern, as tiktoken has it
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-GPT4_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}|"""
-                r""" ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""")
-PREFIX_SPACE = "prefix_space"
-NORMAL_FORMS = ("NFC", "NFD", "NFKC", "NFKD")
-
-
-class TokenizerFileError(ValueError):
-    """A tokenizer.json that cannot be used; the message names the file and the part."""
+from tokenizer.hf_pipeline import GPT4_PATTERN  # noqa: F401 (the tests' import)
+from tokenizer.hf_pipeline import (GPT2_PATTERN, TokenizerFileError, parse_decoder,
+                                   parse_normalizer, parse_pre_tokenizer)
+from tokenizer.sentencepiece_bpe import byte_token
 
 
 def bytes_to_unicode():
@@ -72,6 +69,12 @@ def str_to_token(s):
         return None
 
 
+def vocab_string(token, byte_fallback=False):
+    """A token's bytes -> its tokenizer.json string: 'Ġthe' (byte-level), or with
+    byte_fallback (SentencePiece) the UTF-8 text itself, '▁the'."""
+    return token.decode("utf-8") if byte_fallback else token_to_str(token)
+
+
 # ----------------------------------------------------------------------------
 # Writing
 
@@ -86,20 +89,29 @@ def pre_tokenizer_json(pattern):
          "use_regex": False}]}
 
 
-def to_json(vocab, merges, special_tokens, pre_tokenizer, normalizer, ignore_merges):
+BYTE_LEVEL_DECODER = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+                      "use_regex": True}
+
+
+def to_json(vocab, merges, special_tokens, pre_tokenizer, normalizer, ignore_merges,
+            sentencepiece=None):
     """The tokenizer.json dict. vocab: {id: bytes}; merges: [(id_a, id_b)] by rank;
-    special_tokens: {text: id}; pre_tokenizer / normalizer: their JSON dicts."""
+    special_tokens: {text: id}; pre_tokenizer / normalizer: their JSON dicts;
+    sentencepiece: None (byte-level BPE), or {"decoder": JSON, "unk_token": text} of a
+    SentencePiece-style BPE (byte_fallback)."""
+    byte_fallback = sentencepiece is not None
     added = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
               "normalized": False, "special": True} for s, i in special_tokens.items()]
-    names = {i: token_to_str(t) for i, t in vocab.items()}
+    names = {i: vocab_string(t, byte_fallback) for i, t in vocab.items()}
     return {
         "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
         "normalizer": normalizer, "pre_tokenizer": pre_tokenizer, "post_processor": None,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
-                    "use_regex": True},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None,
+        "decoder": sentencepiece["decoder"] if byte_fallback else BYTE_LEVEL_DECODER,
+        "model": {"type": "BPE", "dropout": None,
+                  "unk_token": sentencepiece["unk_token"] if byte_fallback else None,
                   "continuing_subword_prefix": None, "end_of_word_suffix": None,
-                  "fuse_unk": False, "byte_fallback": False, "ignore_merges": ignore_merges,
+                  "fuse_unk": byte_fallback, "byte_fallback": byte_fallback,
+                  "ignore_merges": ignore_merges,
                   "vocab": {names[i]: i for i in sorted(names)},
                   "merges": [[names[a], names[b]] for a, b in merges]},
     }
@@ -126,19 +138,20 @@ def write_atomic(path, text):
     atomic_write(path, text)
 
 
-def save(path, vocab, merges, special_tokens, pre_tokenizer, normalizer, ignore_merges):
+def save(path, vocab, merges, special_tokens, pre_tokenizer, normalizer, ignore_merges,
+         sentencepiece=None):
     """Write tokenizer.json (to `path`, or to path/tokenizer.json when path is a directory
     or has no .json suffix) plus a readable *.vocab.txt beside it; returns the json path.
 
     vocab {id: bytes}; merges [(a, b, new_id)] by rank; special_tokens {text: id};
-    pre_tokenizer / normalizer: their JSON dicts.
+    pre_tokenizer / normalizer: their JSON dicts; sentencepiece: see `to_json`.
     """
     path = os.fspath(path)
     if os.path.isdir(path) or not path.endswith(".json"):
         os.makedirs(path, exist_ok=True)
         path = os.path.join(path, "tokenizer.json")
     obj = to_json(vocab, [(a, b) for a, b, _ in merges], special_tokens, pre_tokenizer,
-                  normalizer, ignore_merges)
+                  normalizer, ignore_merges, sentencepiece)
     write_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2))
     write_atomic(path[:-len(".json")] + ".vocab.txt", vocab_dump(vocab, merges, special_tokens))
     return path
@@ -168,66 +181,6 @@ def read_json(path):
                                  f"column {e.colno})") from None
 
 
-def parse_pre_tokenizer(obj, path):
-    """A pre-tokenizer JSON dict -> list of steps (regex patterns and PREFIX_SPACE).
-
-    Only splits that keep every piece ("Isolated") and a final ByteLevel are
-    accepted, since those are what the byte-level BPE family uses.
-    """
-    items = obj.get("pretokenizers", []) if obj and obj.get("type") == "Sequence" else [obj]
-    steps, saw_byte_level = [], False
-    for item in items:
-        kind = (item or {}).get("type")
-        if saw_byte_level:
-            raise TokenizerFileError(f"{path}: pre_tokenizer step {kind!r} after ByteLevel "
-                                     "is not supported")
-        if kind == "ByteLevel":
-            saw_byte_level = True
-            if item.get("add_prefix_space", True):
-                steps.append(PREFIX_SPACE)
-            if item.get("use_regex", True):
-                steps.append(GPT2_PATTERN)
-        elif kind == "Split":
-            if item.get("behavior") != "Isolated" or item.get("invert", False):
-                raise TokenizerFileError(f"{path}: Split pre_tokenizer with behavior "
-                                         f"{item.get('behavior')!r} / invert "
-                                         f"{item.get('invert')} is not supported")
-            pattern = item.get("pattern", {})
-            if "Regex" in pattern:
-                steps.append(pattern["Regex"])
-            else:
-                steps.append(regex.escape(pattern.get("String", "")))
-        elif kind == "Digits":
-            steps.append(r"\p{N}" if item.get("individual_digits") else r"\p{N}+")
-        else:
-            raise TokenizerFileError(f"{path}: pre_tokenizer {kind!r} is not byte-level BPE "
-                                     "(expected ByteLevel, Split, Digits or a Sequence of them)")
-    if not saw_byte_level:
-        raise TokenizerFileError(f"{path}: pre_tokenizer has no ByteLevel step, so this is "
-                                 "not a byte-level BPE tokenizer")
-    for pattern in steps:
-        if pattern != PREFIX_SPACE:
-            try:
-                regex.compile(pattern)
-            except regex.error as e:
-                raise TokenizerFileError(f"{path}: pre_tokenizer regex does not compile "
-                                         f"({e})") from None
-    return steps
-
-
-def parse_normalizer(obj, path):
-    """A normalizer JSON dict -> list of Unicode normal forms to apply, e.g. ['NFC']."""
-    if obj is None:
-        return []
-    items = obj.get("normalizers", []) if obj.get("type") == "Sequence" else [obj]
-    forms = [item.get("type") for item in items]
-    for form in forms:
-        if form not in NORMAL_FORMS:
-            raise TokenizerFileError(f"{path}: normalizer {form!r} is not supported "
-                                     f"(only {', '.join(NORMAL_FORMS)})")
-    return forms
-
-
 OTHER_MODELS = {"WordPiece": "a WordPiece", "Unigram": "a Unigram (SentencePiece)",
                 "WordLevel": "a WordLevel"}
 
@@ -236,15 +189,16 @@ def _check_model(model, path):
     kind = model.get("type") if isinstance(model, dict) else None
     if kind in OTHER_MODELS:
         raise TokenizerFileError(f"{path}: {OTHER_MODELS[kind]} tokenizer; MiniLLM reads "
-                                 f"byte-level BPE tokenizer.json files")
+                                 f"byte-level BPE and SentencePiece-style BPE (byte_fallback) "
+                                 f"tokenizer.json files")
     if not isinstance(model, dict) or not isinstance(model.get("vocab"), dict) \
             or not isinstance(model.get("merges"), list):
         raise TokenizerFileError(f"{path}: no BPE model with vocab and merges; "
                                  "not a Hugging Face tokenizer.json")
     if model.get("type", "BPE") != "BPE":
         raise TokenizerFileError(f"{path}: model type {model['type']!r} is not BPE")
-    unsupported = [k for k in ("continuing_subword_prefix", "end_of_word_suffix", "dropout",
-                               "byte_fallback") if model.get(k)]
+    unsupported = [k for k in ("continuing_subword_prefix", "end_of_word_suffix", "dropout")
+                   if model.get(k)]
     if unsupported:
         raise TokenizerFileError(f"{path}: BPE option {unsupported[0]}="
                                  f"{model[unsupported[0]]!r} is not supported")
@@ -280,6 +234,16 @@ def _read_added_tokens(data, path):
     return specials
 
 
+def _refuse_normalized_added_tokens(data, path):
+    """An added token with normalized=true is matched in the normalized text, where the
+    legacy SentencePiece normalizer has put "▁" in; we cut special tokens out first."""
+    for item in data.get("added_tokens") or []:
+        if item.get("normalized"):
+            raise TokenizerFileError(f"{path}: added token {item.get('content')!r} has "
+                                     "normalized=true beside a normalizer, which is not "
+                                     "supported with byte_fallback (set it to false)")
+
+
 def _read_config_names(path):
     """bos/eos/pad token names from a tokenizer_config.json beside the file, if any."""
     config_path = os.path.join(os.path.dirname(path), "tokenizer_config.json")
@@ -296,13 +260,41 @@ def _read_config_names(path):
     return names
 
 
+def _read_vocab(model, specials, byte_fallback, path):
+    """The model's vocab {string: id} -> {id: token bytes} (see the module docstring)."""
+    vocab, seen_ids = {}, set()
+    for s, i in model["vocab"].items():
+        if not isinstance(i, int) or i < 0 or i in seen_ids:
+            raise TokenizerFileError(f"{path}: vocab entry {s!r} has a bad or repeated id {i!r}")
+        seen_ids.add(i)
+        token = s.encode("utf-8") if s in specials or byte_fallback else str_to_token(s)
+        if token is None:
+            raise TokenizerFileError(f"{path}: vocab token {s!r} (id {i}) has characters "
+                                     "outside the byte-level alphabet")
+        vocab[i] = token
+    return vocab
+
+
+def _read_byte_ids(model, byte_fallback, path):
+    """The id of each byte 0..255: its byte-level character ('Ġ' for 0x20), or with
+    byte_fallback its <0xNN> token ('<0x20>')."""
+    names = [byte_token(b) if byte_fallback else BYTE_TO_CHAR[b] for b in range(256)]
+    missing = [name for name in names if name not in model["vocab"]]
+    if missing:
+        need = "byte_fallback" if byte_fallback else "byte-level BPE"
+        raise TokenizerFileError(f"{path}: vocab lacks {len(missing)} of the 256 byte tokens "
+                                 f"(e.g. {missing[0]!r}); {need} needs all of them")
+    return [model["vocab"][name] for name in names]
+
+
 def from_json_file(path):
     """Read a tokenizer.json (or a directory holding one) into plain parts.
 
     Returns a dict with: vocab {id: bytes} (model tokens), merges [(a, b, new)]
     by rank, special_tokens {text: id}, byte_ids (the id of each byte 0..255),
-    pre_tokenizer and normalizer (JSON, kept for saving), ignore_merges,
-    role_names {role: text} from tokenizer_config.json, and path.
+    pre_tokenizer, normalizer and decoder (JSON, kept for saving), ignore_merges,
+    byte_fallback (SentencePiece-style BPE) and its unk_token, role_names
+    {role: text} from tokenizer_config.json, and path.
     """
     path = resolve_path(path)
     data = read_json(path)
@@ -310,31 +302,24 @@ def from_json_file(path):
         raise TokenizerFileError(f"{path}: top level is not a JSON object; not a tokenizer.json")
     model = data.get("model")
     _check_model(model, path)
-    parse_pre_tokenizer(data.get("pre_tokenizer"), path)
-    parse_normalizer(data.get("normalizer"), path)
+    byte_fallback = bool(model.get("byte_fallback", False))
+    parse_pre_tokenizer(data.get("pre_tokenizer"), path, byte_fallback)
+    if parse_normalizer(data.get("normalizer"), path) and byte_fallback:
+        _refuse_normalized_added_tokens(data, path)
+    if byte_fallback:
+        parse_decoder(data.get("decoder"), path)
     specials = _read_added_tokens(data, path)
-    vocab, seen_ids = {}, set()
-    for s, i in model["vocab"].items():
-        if not isinstance(i, int) or i < 0 or i in seen_ids:
-            raise TokenizerFileError(f"{path}: vocab entry {s!r} has a bad or repeated id {i!r}")
-        seen_ids.add(i)
-        token = s.encode("utf-8") if s in specials else str_to_token(s)
-        if token is None:
-            raise TokenizerFileError(f"{path}: vocab token {s!r} (id {i}) has characters "
-                                     "outside the byte-level alphabet")
-        vocab[i] = token
-    missing = [BYTE_TO_CHAR[b] for b in range(256) if BYTE_TO_CHAR[b] not in model["vocab"]]
-    if missing:
-        raise TokenizerFileError(f"{path}: vocab lacks {len(missing)} of the 256 byte tokens "
-                                 f"(e.g. {missing[0]!r}); byte-level BPE needs all of them")
     return {
-        "vocab": vocab,
+        "vocab": _read_vocab(model, specials, byte_fallback, path),
         "merges": _read_merges(model, model["vocab"], path),
         "special_tokens": specials,
-        "byte_ids": [model["vocab"][BYTE_TO_CHAR[b]] for b in range(256)],
+        "byte_ids": _read_byte_ids(model, byte_fallback, path),
         "pre_tokenizer": data.get("pre_tokenizer"),
         "normalizer": data.get("normalizer"),
+        "decoder": data.get("decoder"),
         "ignore_merges": bool(model.get("ignore_merges", False)),
+        "byte_fallback": byte_fallback,
+        "unk_token": model.get("unk_token"),
         "role_names": _read_config_names(path),
         "path": path,
     }
