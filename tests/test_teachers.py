@@ -263,6 +263,7 @@ def test_fingerprint_tells_sequences_apart():
     ("Mistral:/abs/path:0.25", ("llama", "/abs/path", 0.25)),
     ("minillm:out/ckpt:2", ("minillm", "out/ckpt", 2.0)),
     ("flux:out/ckpt:0", ("minillm", "out/ckpt", 0.0)),        # flux: the kind's older name
+    ("qwen2:models/qwen:0.5", ("qwen2", "models/qwen", 0.5)),
     ("ngram", ("ngram", "", 1.0)),
     ("ngram::0.5", ("ngram", "", 0.5)),
     ("ngram:data/corpus.txt", ("ngram", "data/corpus.txt", 1.0)),
@@ -274,7 +275,7 @@ def test_parse_teacher_spec(spec, expected):
 
 
 @pytest.mark.parametrize("spec, expected", [
-    ("gpt:path", "minillm, llama, mistral, ngram, flux"),
+    ("gpt:path", "minillm, llama, mistral, qwen2, qwen3, ngram, flux"),
     ("", "unknown kind"),
     ("llama:path:-1", "finite number >= 0"),
     ("llama:path:nan", "finite number >= 0"),

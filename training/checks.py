@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from training.run_checkpoint import any_copy, newest_complete, read_run_meta
-from training.teacher_specs import parse_teacher_spec
+from training.teacher_specs import HF_KINDS, parse_teacher_spec
 from training.teachers import check_vocab, load_llama_teacher, load_minillm_teacher
 
 
@@ -170,7 +170,8 @@ def load_teachers_early(args):
             raise ValueError(f"--teacher {kind}: {path} does not exist")
         if not Path(path).is_dir():
             raise ValueError(f"--teacher {kind}: {path} is a file; give the checkpoint folder")
-        teacher = (load_llama_teacher if kind == "llama" else load_minillm_teacher)(path)
+        teacher = (load_llama_teacher(path, name=kind, kind=kind) if kind in HF_KINDS
+                   else load_minillm_teacher(path))
         limit = teacher.model.config.max_seq_length
         if teacher.model.config.sliding_window is None and limit < args.max_seq_length:
             raise ValueError(f"--teacher {kind}: {path} takes at most {limit} positions "

@@ -92,8 +92,9 @@ def add_distillation_flags(p):
     g.add_argument("--use_mock", action="store_true", help="stand-in teachers built in this run: a "
                    "larger MiniTransformer trained briefly here, and an n-gram model")
     g.add_argument("--teacher", action="append", default=[], metavar="KIND:PATH[:WEIGHT]",
-                   help="minillm (a MiniLLM checkpoint; flux is its older name)|llama|mistral|ngram; repeatable (e.g. llama:models/tiny:0.5; "
-                   "default: none, plain training unless --use_mock)")
+                   help="minillm (a MiniLLM checkpoint; flux is its older name), llama, mistral, "
+                   "qwen2, qwen3 (Hugging Face folders) or ngram; repeatable (e.g. "
+                   "llama:models/tiny:0.5; default: none, plain training unless --use_mock)")
     d = DistillConfig()
     g.add_argument("--ce_weight", type=float, help="weight of the cross-entropy on the labels "
                    f"(default: 1 without teachers, {DISTILL_CE_WEIGHT} with teachers)")

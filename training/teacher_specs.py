@@ -7,10 +7,12 @@ decoder block i (1..num_layers).
 import json
 import math
 
-# "minillm": a MiniLLM checkpoint folder (train.py's output); "llama": a Hugging Face LLaMA or
-# Mistral folder ("mistral" reads exactly like it); "ngram": counted on the training stream.
+# "minillm": a MiniLLM checkpoint folder (train.py's output); "llama", "qwen2", "qwen3": a
+# Hugging Face folder of that family ("mistral" reads exactly like "llama"; config.json's
+# model_type decides the architecture); "ngram": counted on the training stream.
 # "flux" is the older name of "minillm" and still accepted.
-KINDS = ("minillm", "llama", "mistral", "ngram", "flux")
+KINDS = ("minillm", "llama", "mistral", "qwen2", "qwen3", "ngram", "flux")
+HF_KINDS = ("llama", "qwen2", "qwen3")          # read by teachers.load_llama_teacher
 ALIASES = {"mistral": "llama", "flux": "minillm"}
 
 

@@ -68,10 +68,11 @@ def _load_transformer_teacher(path, kind, name, dtype):
     return TransformerTeacher(name or kind, kind, model, tokenizer)
 
 
-def load_llama_teacher(path, name=None, dtype=np.float32):
-    """A Hugging Face LLaMA or Mistral folder: config.json, *.safetensors, and tokenizer.json
-    when the teacher has its own tokenizer (without one it must share the student's)."""
-    return _load_transformer_teacher(path, "llama", name, dtype)
+def load_llama_teacher(path, name=None, dtype=np.float32, kind="llama"):
+    """A Hugging Face folder (LLaMA, Mistral, and the families mini_llm/checkpoint.py reads:
+    config.json's model_type decides): config.json, *.safetensors, and tokenizer.json when the
+    teacher has its own tokenizer (without one it must share the student's)."""
+    return _load_transformer_teacher(path, kind, name, dtype)
 
 
 def load_minillm_teacher(path, name=None, dtype=np.float32):
