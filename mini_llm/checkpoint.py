@@ -1,11 +1,11 @@
 """Checkpoints: safetensors + config.json, the format Hugging Face `transformers` reads.
 
-What this file is: the translation between `TransformerConfig` and a Hugging Face
-LLaMA/Mistral `config.json`, and `save_pretrained` / `load_pretrained` for model folders,
-plus one-file training state (optimizer moments, step, RNG) for resuming. The safetensors
-format itself is read and written in safetensors_file.py.
+What this file is: `save_pretrained` / `load_pretrained` for model folders (config.json +
+safetensors), plus one-file training state (optimizer moments, step, RNG) for resuming. The
+translation between `TransformerConfig` and a Hugging Face LLaMA / Mistral / Qwen2 / Qwen3
+`config.json` is in hf_config.py; the safetensors format itself in safetensors_file.py.
 What it isn't: a loader for pickled `pytorch_model.bin`, GGUF, or architectures other than
-LLaMA and Mistral; those are refused with one line saying so.
+those four families; those are refused with one line saying so.
 """
 import json
 import os
@@ -14,130 +14,13 @@ import numpy as np
 
 from mini_llm import backend
 from mini_llm.files import atomic_write
-from mini_llm.model.config import TransformerConfig, param_shapes
+# the config.json mapping of each family lives in hf_config.py; importable from here as before
+from mini_llm.hf_config import FORMAT_VERSION, config_from_hf, config_to_hf  # noqa: F401
+from mini_llm.model.config import param_shapes
 from mini_llm.safetensors_file import CheckpointError, read_metadata, read_safetensors, write_safetensors
-
-FORMAT_VERSION = 1          # "minillm_version" in config.json; bump when the layout changes
-
 
 def _write_json(path, obj):
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
-
-
-# ---------------------------------------------------------------------------------------------
-# config.json <-> TransformerConfig
-
-
-def config_to_hf(config, dtype_name="float32"):
-    """A Hugging Face MistralConfig dict for `config` (LLaMA when there is no window is the
-    same network, so "mistral" covers both)."""
-    return {
-        "architectures": ["MistralForCausalLM"],
-        "model_type": "mistral",
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.hidden_size,
-        "intermediate_size": config.intermediate_size,
-        "num_hidden_layers": config.num_layers,
-        "num_attention_heads": config.num_heads,
-        "num_key_value_heads": config.num_kv_heads,
-        "head_dim": config.head_dim,
-        "max_position_embeddings": config.max_seq_length,
-        "sliding_window": config.sliding_window,
-        "rope_theta": config.rope_theta,
-        "rms_norm_eps": config.norm_eps,
-        "tie_word_embeddings": config.tie_word_embeddings,
-        "hidden_act": "silu",
-        "torch_dtype": dtype_name,
-        "attention_dropout": 0.0,
-        "minillm_version": FORMAT_VERSION,
-    }
-
-
-def _rope_theta(d, source):
-    """RoPE base from either layout; refuse any scaling MiniLLM does not implement.
-    transformers <= 4: top-level rope_theta + optional rope_scaling {"rope_type"|"type": ...};
-    transformers 5: rope_parameters {"rope_type": "default", "rope_theta": ...}."""
-    for key in ("rope_scaling", "rope_parameters"):
-        rope = d.get(key) or {}
-        kind = rope.get("rope_type", rope.get("type", "default"))
-        if kind != "default":
-            raise CheckpointError(f"{source}: {key} of type {kind!r} is not supported "
-                                  f"(MiniLLM implements plain RoPE only)")
-    return float((d.get("rope_parameters") or {}).get("rope_theta", d.get("rope_theta", 10000.0)))
-
-
-# config.json fields and what each must hold: (key, kind, may be null)
-INT_FIELDS = [("vocab_size", False), ("hidden_size", False), ("intermediate_size", False),
-              ("num_hidden_layers", False), ("num_attention_heads", False),
-              ("num_key_value_heads", True), ("head_dim", True), ("max_position_embeddings", False),
-              ("sliding_window", True)]
-FLOAT_FIELDS = ["rope_theta", "rms_norm_eps"]
-
-
-def _check_field_types(d, source):
-    """Sizes are positive integers (not strings, floats or booleans), rope_theta and
-    rms_norm_eps positive numbers, tie_word_embeddings a boolean: one line naming the field."""
-    for key, nullable in INT_FIELDS:
-        if key not in d or (nullable and d[key] is None):
-            continue
-        value = d[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise CheckpointError(f"{source}: {key} must be a positive integer"
-                                  f"{' or null' if nullable else ''}, got {value!r}")
-    for key in FLOAT_FIELDS:
-        value = d.get(key, 1.0)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise CheckpointError(f"{source}: {key} must be a positive number, got {value!r}")
-    if not isinstance(d.get("tie_word_embeddings", False), bool):
-        raise CheckpointError(f"{source}: tie_word_embeddings must be true or false, "
-                              f"got {d['tie_word_embeddings']!r}")
-
-
-def config_from_hf(d, source="config.json"):
-    """TransformerConfig from a config.json dict: ours, a published LLaMA/Mistral config, or
-    the transformers-5 layout. Raises CheckpointError (one line) for what MiniLLM cannot run."""
-    if not isinstance(d, dict):
-        raise CheckpointError(f"{source}: expected a JSON object, got {type(d).__name__}")
-    model_type = d.get("model_type")
-    if model_type not in ("llama", "mistral"):
-        raise CheckpointError(f"{source}: model_type {model_type!r} is not supported "
-                              f"(MiniLLM reads llama and mistral)")
-    version = d.get("minillm_version", FORMAT_VERSION)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(f"{source}: minillm_version {version!r} is newer than this "
-                              f"MiniLLM reads ({FORMAT_VERSION}); update MiniLLM")
-    for flag in ("mlp_bias", "attention_bias"):
-        if d.get(flag):
-            raise CheckpointError(f"{source}: {flag}=true is not supported "
-                                  f"(MiniLLM's projections have no bias)")
-    if d.get("hidden_act", "silu") != "silu":
-        raise CheckpointError(f"{source}: hidden_act {d['hidden_act']!r} is not supported "
-                              f"(MiniLLM's MLP is SwiGLU with silu)")
-    required = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                "num_attention_heads"]
-    missing = [k for k in required if k not in d]
-    if missing:
-        raise CheckpointError(f"{source}: missing key {missing[0]!r}")
-    _check_field_types(d, source)
-    heads = d["num_attention_heads"]
-    config = TransformerConfig(
-        vocab_size=d["vocab_size"],
-        hidden_size=d["hidden_size"],
-        num_layers=d["num_hidden_layers"],
-        num_heads=heads,
-        num_kv_heads=d.get("num_key_value_heads") or heads,
-        intermediate_size=d["intermediate_size"],
-        max_seq_length=d.get("max_position_embeddings", 2048),
-        sliding_window=d.get("sliding_window") if model_type == "mistral" else None,
-        rope_theta=_rope_theta(d, source),
-        norm_eps=float(d.get("rms_norm_eps", 1e-6)),
-        tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-        head_dim=d.get("head_dim"),           # None: hidden_size // heads, as transformers does
-    )
-    try:
-        return config.validate()
-    except ValueError as e:
-        raise CheckpointError(f"{source}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,11 +30,12 @@ def config_from_hf(d, source="config.json"):
 def save_pretrained(model, directory):
     """Write config.json and model.safetensors into `directory` (created if needed), each
     atomically. Weights are stored as float32, or float64 for a float64 model."""
-    os.makedirs(directory, exist_ok=True)
     dtype_name = "float64" if np.dtype(model.dtype) == np.float64 else "float32"
+    hf_config = config_to_hf(model.config, dtype_name)   # first: a config no family holds writes nothing
+    os.makedirs(directory, exist_ok=True)
     write_safetensors(os.path.join(directory, "model.safetensors"), model.params,
                       metadata={"format": "pt"}, dtype=dtype_name)   # "pt": transformers asks
-    _write_json(os.path.join(directory, "config.json"), config_to_hf(model.config, dtype_name))
+    _write_json(os.path.join(directory, "config.json"), hf_config)
 
 
 def _read_json(path):
@@ -207,7 +91,8 @@ def _check_tensors(config, tensors, origin, where):
         extra.remove("lm_head.weight")
     if extra:
         raise CheckpointError(f"{origin[extra[0]]}: unexpected tensor {extra[0]} "
-                              f"({len(extra)} unexpected in all; not a LLaMA/Mistral checkpoint?)")
+                              f"({len(extra)} unexpected in all; not a checkpoint of the family "
+                              f"config.json names?)")
 
 
 def load_pretrained(directory, dtype=np.float32):

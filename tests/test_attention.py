@@ -177,8 +177,41 @@ def test_self_attention_gradient(window, use_kernel):
         return np.sum(y * dy)
 
     y, cache = self_attention_forward(x, *weights, cos, sin, H, Hkv, window, use_kernel)
-    grads = self_attention_backward(dy, cache)
+    *grads, extra = self_attention_backward(dy, cache)
+    assert extra == {}
     for name, param, g in zip(("dx", "dwq", "dwk", "dwv", "dwo"), [x] + weights, grads):
+        assert g.shape == param.shape
+        assert_close_grad(g, numerical_grad(f, param), name)
+
+
+@pytest.mark.parametrize("bias, qk_norm", [(True, False), (False, True), (True, True)])
+def test_self_attention_gradient_with_bias_and_qk_norm(bias, qk_norm):
+    """Qwen2's q/k/v bias and Qwen3's per-head q/k RMSNorm (D=6, not C/H), float64."""
+    rng = np.random.default_rng(0)
+    B, T, C, H, Hkv, D = 2, 5, 8, 4, 2, 6
+    x = rng.standard_normal((B, T, C))
+    shapes = ((H * D, C), (Hkv * D, C), (Hkv * D, C), (C, H * D))          # wq, wk, wv, wo
+    weights = [rng.standard_normal(shape) * 0.5 for shape in shapes]
+    biases = [rng.standard_normal(s[0]) for s in shapes[:3]] if bias else None
+    norms = [1 + 0.3 * rng.standard_normal(D) for _ in range(2)] if qk_norm else None
+    cos, sin = rope_cos_sin(T, D, theta=10000.0, dtype=np.float64)
+    dy = rng.standard_normal((B, T, C))
+
+    def run():
+        return self_attention_forward(x, *weights, cos, sin, H, Hkv, 3,
+                                      bias=biases, qk_norm=norms and (*norms, 1e-6))
+
+    f = lambda: np.sum(run()[0] * dy)
+    dx, dwq, dwk, dwv, dwo, extra = self_attention_backward(dy, run()[1])
+    named = dict(zip(("dx", "dwq", "dwk", "dwv", "dwo"), [x] + weights))
+    optional = {}
+    if bias:
+        optional.update(zip(("q_proj.bias", "k_proj.bias", "v_proj.bias"), biases))
+    if qk_norm:
+        optional.update(zip(("q_norm.weight", "k_norm.weight"), norms))
+    assert set(extra) == set(optional)
+    for name, g in [*zip(named, (dx, dwq, dwk, dwv, dwo)), *extra.items()]:
+        param = named.get(name, optional.get(name))
         assert g.shape == param.shape
         assert_close_grad(g, numerical_grad(f, param), name)
 

@@ -27,6 +27,35 @@ def test_linear():
     assert_close_grad(dw, numerical_grad(f, w), "linear dweight")
 
 
+
+def test_linear_with_bias():
+    r = rng()
+    x, w, b = r.normal(size=(B, T, C)), r.normal(size=(F, C)), r.normal(size=F)
+    dy = r.normal(size=(B, T, F))
+    y, cache = layers.linear_bias_forward(x, w, b)
+    np.testing.assert_allclose(y, np.einsum("btc,fc->btf", x, w) + b)
+    dx, dw, db = layers.linear_bias_backward(dy, cache)
+    f = lambda: np.sum(layers.linear_bias_forward(x, w, b)[0] * dy)
+    assert_close_grad(dx, numerical_grad(f, x), "linear_bias dx")
+    assert_close_grad(dw, numerical_grad(f, w), "linear_bias dweight")
+    assert_close_grad(db, numerical_grad(f, b), "linear_bias dbias")
+    y0, cache0 = layers.linear_bias_forward(x, w, None)      # no bias: the plain linear
+    np.testing.assert_array_equal(y0, layers.linear_forward(x, w)[0])
+    assert layers.linear_bias_backward(dy, cache0)[2] is None
+
+
+def test_rmsnorm_over_heads():
+    """Qwen3's q/k norm: RMSNorm over the last axis of (B, T, H, D) with one (D,) weight."""
+    r = rng()
+    x, w = r.normal(size=(B, T, 3, 4)), r.normal(size=4)
+    dy = r.normal(size=x.shape)
+    y, cache = layers.rmsnorm_forward(x, w, 1e-6)
+    np.testing.assert_allclose(y, x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-6) * w)
+    dx, dw = layers.rmsnorm_backward(dy, cache)
+    f = lambda: np.sum(layers.rmsnorm_forward(x, w, 1e-6)[0] * dy)
+    assert_close_grad(dx, numerical_grad(f, x), "head rmsnorm dx")
+    assert_close_grad(dw, numerical_grad(f, w), "head rmsnorm dweight")
+
 def test_embedding_with_repeated_ids():
     r = rng()
     ids = np.array([[1, 3, 3, 0, 1], [2, 2, 2, 4, 1]])     # repeats: the scatter-add must sum

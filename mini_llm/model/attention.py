@@ -8,10 +8,12 @@ a GPU; the Numba kernel is CPU-only, and `attention_forward` picks it only for N
 
 The pieces, in the order a layer uses them:
     rope_cos_sin / rope_forward   rotate q and k by an angle proportional to their position
+                                  (optionally Llama 3 / linear scaled frequencies: rope_inv_freq)
     window_mask                   which keys each query may see (causal band of width W)
     attention_reference_forward   softmax(q kᵀ / sqrt(D) + mask) v, dense (B, H, T, T) scores
     attention_forward             the dispatcher: Numba kernel or the reference
-    self_attention_forward        projections + RoPE + attention + output projection
+    self_attention_forward        projections (+ Qwen2 bias) (+ Qwen3 q/k norm) + RoPE + attention
+                                  + output projection
 """
 import math
 
@@ -21,7 +23,8 @@ from mini_llm.backend import array_module
 from mini_llm.model import gpu_kernels
 from mini_llm.model.config import check_window
 from mini_llm.model.kernels import sliding_window_attention_backward, sliding_window_attention_forward
-from mini_llm.model.layers import linear_backward, linear_forward, softmax
+from mini_llm.model.layers import (linear_backward, linear_bias_backward, linear_bias_forward,
+                                   linear_forward, rmsnorm_backward, rmsnorm_forward, softmax)
 
 # ---------------------------------------------------------------------------------------------
 # RoPE, rotate-half layout (as Hugging Face LLaMA/Mistral store q_proj and k_proj)
@@ -33,15 +36,39 @@ from mini_llm.model.layers import linear_backward, linear_forward, softmax
 # checkpoints converted from Meta's interleaved layout to Hugging Face's are stored.
 
 
-def rope_cos_sin(seq_len, head_dim, theta, dtype, start=0, xp=None):
+def rope_inv_freq(head_dim, theta, scaling=None, xp=None):
+    """(D/2,) float64: the frequency of each pair, theta^(-2i/D), then the optional scaling
+    (docs/rope_scaling.md, transformers' modeling_rope_utils.py):
+        linear  every frequency / factor: position p turns as p / factor did
+        llama3  wavelength 2π/f below old/high_freq_factor: kept; above old/low_freq_factor:
+                / factor; between: mixed, s·f + (1 - s)·f/factor with s = (old/λ - low)/(high - low)
+    old = original_max_position_embeddings, the context the model was trained on."""
+    xp = np if xp is None else xp
+    inv_freq = 1.0 / theta ** (xp.arange(0, head_dim, 2, dtype=xp.float64) / head_dim)   # (D/2,)
+    if scaling is None:
+        return inv_freq
+    factor = scaling["factor"]
+    if scaling["rope_type"] == "linear":
+        return inv_freq / factor
+    old, low, high = (scaling[k] for k in ("original_max_position_embeddings",
+                                            "low_freq_factor", "high_freq_factor"))
+    wavelen = 2 * math.pi / inv_freq                                                      # (D/2,)
+    smooth = (old / wavelen - low) / (high - low)              # 1 at λ = old/high, 0 at λ = old/low
+    mixed = smooth * inv_freq + (1 - smooth) * inv_freq / factor
+    return xp.where(wavelen < old / high, inv_freq,
+                    xp.where(wavelen > old / low, inv_freq / factor, mixed))
+
+
+def rope_cos_sin(seq_len, head_dim, theta, dtype, start=0, xp=None, scaling=None):
     """cos, sin tables, each (T, D), for positions start .. start+T-1.
-    Pair i of the head (entries i and i + D/2) turns at frequency theta^(-2i/D); the angles are
+    Pair i of the head (entries i and i + D/2) turns at frequency theta^(-2i/D), changed by
+    `scaling` (config.rope_scaling: Llama 3 or linear, see rope_inv_freq); the angles are
     computed in float64 and only then cast to dtype, so float32 tables stay accurate at large
     positions."""
     xp = np if xp is None else xp
     if head_dim % 2:
         raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
-    inv_freq = 1.0 / theta ** (xp.arange(0, head_dim, 2, dtype=xp.float64) / head_dim)   # (D/2,)
+    inv_freq = rope_inv_freq(head_dim, theta, scaling, xp=xp)                             # (D/2,)
     positions = xp.arange(start, start + seq_len, dtype=xp.float64)                       # (T,)
     angles = xp.outer(positions, inv_freq)                                                # (T, D/2)
     emb = xp.concatenate([angles, angles], axis=-1)                                       # (T, D)
@@ -191,8 +218,11 @@ def attention_backward(dout, cache):
 
 
 def self_attention_forward(x, wq, wk, wv, wo, cos, sin, num_heads, num_kv_heads, window,
-                           use_kernel=None, kv_cache=None, layer=0):
+                           use_kernel=None, kv_cache=None, layer=0, bias=None, qk_norm=None):
     """x (B, T, C); wq (H*D, C), wk/wv (Hkv*D, C), wo (C, H*D); cos/sin (T, D) -> y (B, T, C).
+    bias (Qwen2): (bq (H*D,), bk, bv (Hkv*D,)) added by the q/k/v projections, or None.
+    qk_norm (Qwen3): (q_norm (D,), k_norm (D,), eps): RMSNorm over each head of q and of k,
+    after the projections and before RoPE, or None.
     kv_cache (generation): the keys and values of earlier positions come from it, the new ones
     go into it (kv_cache.py), and the dense reference attends over all of them."""
     B, T, C = x.shape
@@ -203,31 +233,45 @@ def self_attention_forward(x, wq, wk, wv, wo, cos, sin, num_heads, num_kv_heads,
                          f"wk {wk.shape}, wv {wv.shape}, wo {wo.shape}")
     if cos.shape != (T, D) or sin.shape != (T, D):
         raise ValueError(f"RoPE tables must be (T, D) = {(T, D)}, got cos {cos.shape}, sin {sin.shape}")
-    q, q_cache = linear_forward(x, wq)                                 # (B, T, H*D)
-    k, k_cache = linear_forward(x, wk)                                 # (B, T, Hkv*D)
-    v, v_cache = linear_forward(x, wv)                                 # (B, T, Hkv*D)
-    q, rope_q_cache = rope_forward(q.reshape(B, T, H, D), cos, sin)    # (B, T, H, D)
-    k, rope_k_cache = rope_forward(k.reshape(B, T, Hkv, D), cos, sin)  # (B, T, Hkv, D)
-    v = v.reshape(B, T, Hkv, D)
+    bq, bk, bv = bias if bias is not None else (None, None, None)
+    q, q_cache = linear_bias_forward(x, wq, bq)                        # (B, T, H*D)
+    k, k_cache = linear_bias_forward(x, wk, bk)                        # (B, T, Hkv*D)
+    v, v_cache = linear_bias_forward(x, wv, bv)                        # (B, T, Hkv*D)
+    q, k, v = q.reshape(B, T, H, D), k.reshape(B, T, Hkv, D), v.reshape(B, T, Hkv, D)
+    norm_caches = None
+    if qk_norm is not None:
+        q_norm, k_norm, eps = qk_norm
+        q, qn_cache = rmsnorm_forward(q, q_norm, eps)                  # (B, T, H, D), rms over D
+        k, kn_cache = rmsnorm_forward(k, k_norm, eps)                  # (B, T, Hkv, D)
+        norm_caches = (qn_cache, kn_cache)
+    q, rope_q_cache = rope_forward(q, cos, sin)                        # (B, T, H, D)
+    k, rope_k_cache = rope_forward(k, cos, sin)                        # (B, T, Hkv, D)
     if kv_cache is not None:
         k, v = kv_cache.extend(layer, k, v)                           # (B, S'+T, Hkv, D)
         use_kernel = False                                             # the kernels take Tk = T
     a, attn_cache = attention_forward(q, k, v, window, use_kernel)
     y, o_cache = linear_forward(a.reshape(B, T, H * D), wo)            # (B, T, C)
-    return y, (q_cache, k_cache, v_cache, rope_q_cache, rope_k_cache, attn_cache, o_cache)
+    return y, (q_cache, k_cache, v_cache, norm_caches, rope_q_cache, rope_k_cache, attn_cache, o_cache)
 
 
 def self_attention_backward(dy, cache):
-    """Returns dx (B, T, C), dwq, dwk, dwv, dwo. Reverse order of forward; x feeds the q, k and v
-    projections, so its three gradients add."""
-    q_cache, k_cache, v_cache, rope_q_cache, rope_k_cache, attn_cache, o_cache = cache
+    """Returns dx (B, T, C), dwq, dwk, dwv, dwo, and a dict of the optional parameters'
+    gradients ({} for LLaMA/Mistral; "q_proj.bias".. with bias, "q_norm.weight".. with qk_norm).
+    Reverse order of forward; x feeds the q, k and v projections, so its three gradients add."""
+    q_cache, k_cache, v_cache, norm_caches, rope_q_cache, rope_k_cache, attn_cache, o_cache = cache
     B, T = dy.shape[:2]
     D = rope_q_cache[0].shape[1]                                       # cos is (T, D)
     da, dwo = linear_backward(dy, o_cache)                             # (B, T, H*D)
     dq, dk, dv = attention_backward(da.reshape(B, T, -1, D), attn_cache)
     dq = rope_backward(dq, rope_q_cache)                               # (B, T, H, D)
     dk = rope_backward(dk, rope_k_cache)                               # (B, T, Hkv, D)
-    dx_q, dwq = linear_backward(dq.reshape(B, T, -1), q_cache)
-    dx_k, dwk = linear_backward(dk.reshape(B, T, -1), k_cache)
-    dx_v, dwv = linear_backward(dv.reshape(B, T, -1), v_cache)
-    return dx_q + dx_k + dx_v, dwq, dwk, dwv, dwo
+    extra = {}
+    if norm_caches is not None:
+        dq, extra["q_norm.weight"] = rmsnorm_backward(dq, norm_caches[0])
+        dk, extra["k_norm.weight"] = rmsnorm_backward(dk, norm_caches[1])
+    dx_q, dwq, dbq = linear_bias_backward(dq.reshape(B, T, -1), q_cache)
+    dx_k, dwk, dbk = linear_bias_backward(dk.reshape(B, T, -1), k_cache)
+    dx_v, dwv, dbv = linear_bias_backward(dv.reshape(B, T, -1), v_cache)
+    if dbq is not None:
+        extra.update({"q_proj.bias": dbq, "k_proj.bias": dbk, "v_proj.bias": dbv})
+    return dx_q + dx_k + dx_v, dwq, dwk, dwv, dwo, extra

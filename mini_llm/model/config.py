@@ -7,6 +7,13 @@ weights [out, in].
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+# RoPE scalings MiniLLM implements (attention.rope_inv_freq, docs/rope_scaling.md) and the keys
+# each needs besides rope_type, as Hugging Face's rope_parameters / rope_scaling name them
+ROPE_SCALING_KEYS = {
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+
 
 def check_window(window, name="sliding window"):
     """One rule for a sliding window everywhere (config, reference attention, kernels):
@@ -29,6 +36,13 @@ class TransformerConfig:
     norm_eps: float = 1e-5            # RMSNorm epsilon (Mistral 1e-5, LLaMA-2 1e-5, LLaMA-3 1e-5)
     tie_word_embeddings: bool = False # reuse the embedding as the LM head (saves V*C parameters)
     head_dim: Optional[int] = None    # D: width of one head; None -> hidden_size // num_heads
+    # optional features of the teacher families (all off: plain LLaMA/Mistral)
+    rope_scaling: Optional[dict] = None    # Llama 3.x {"rope_type": "llama3", "factor": 8.0, ...} or
+                                           # {"rope_type": "linear", "factor": 4.0}; None = plain RoPE
+    qkv_bias: bool = False            # Qwen2: q/k/v projections add a bias (o_proj has none)
+    qk_norm: bool = False             # Qwen3: RMSNorm over D on each head of q and k, before RoPE
+    layer_windows: Optional[tuple] = None  # Qwen2/3 per-layer W (None entries: full attention),
+                                           # set only when layers differ; sliding_window is then None
 
     def __post_init__(self):
         # config.json may omit head_dim (transformers then uses hidden_size // num_heads); resolve
@@ -36,6 +50,14 @@ class TransformerConfig:
         # changes hidden_size or num_heads must pass head_dim=None to have it resolved again.
         if self.head_dim is None and self.num_heads > 0 and self.hidden_size % self.num_heads == 0:
             self.head_dim = self.hidden_size // self.num_heads
+        if self.layer_windows is not None:          # a JSON list reads back as the same tuple
+            self.layer_windows = tuple(self.layer_windows)
+        if self.rope_scaling is not None:
+            self.rope_scaling = dict(self.rope_scaling)
+
+    def layer_window(self, i):
+        """The sliding window of layer i: its entry of layer_windows, else sliding_window."""
+        return self.sliding_window if self.layer_windows is None else self.layer_windows[i]
 
     def validate(self):
         """Raise one clear ValueError for an impossible configuration."""
@@ -53,10 +75,36 @@ class TransformerConfig:
         if self.head_dim % 2:
             raise ValueError(f"config: head_dim={self.head_dim} must be even for RoPE")
         check_window(self.sliding_window, name="config: sliding_window")
+        if self.layer_windows is not None:
+            if len(self.layer_windows) != self.num_layers or self.sliding_window is not None:
+                raise ValueError(f"config: layer_windows needs one entry per layer "
+                                 f"({self.num_layers}) and sliding_window=None, got "
+                                 f"{self.layer_windows!r} with sliding_window={self.sliding_window!r}")
+            for i, w in enumerate(self.layer_windows):
+                check_window(w, name=f"config: layer_windows[{i}]")
+        check_rope_scaling(self.rope_scaling)
         return self
 
     def to_dict(self):
         return asdict(self)
+
+
+def check_rope_scaling(scaling, name="config: rope_scaling"):
+    """None, or a dict with a rope_type MiniLLM implements and its keys, each a positive number
+    (llama3 also needs high_freq_factor > low_freq_factor: it divides by their difference)."""
+    if scaling is None:
+        return
+    kind = scaling.get("rope_type")
+    if kind not in ROPE_SCALING_KEYS:
+        raise ValueError(f"{name}: rope_type {kind!r} is not supported (MiniLLM implements "
+                         f"plain, {' and '.join(ROPE_SCALING_KEYS)} RoPE)")
+    for key in ROPE_SCALING_KEYS[kind]:
+        value = scaling.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{name}: {kind} needs {key} as a positive number, got {value!r}")
+    if kind == "llama3" and not scaling["high_freq_factor"] > scaling["low_freq_factor"]:
+        raise ValueError(f"{name}: llama3 needs high_freq_factor > low_freq_factor, got "
+                         f"{scaling['high_freq_factor']} and {scaling['low_freq_factor']}")
 
 
 def layer_param_shapes(config, i):
@@ -64,17 +112,26 @@ def layer_param_shapes(config, i):
     C, F = config.hidden_size, config.intermediate_size
     q_out, kv_out = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
     p = f"model.layers.{i}."
-    return {
+    shapes = {
         p + "input_layernorm.weight": (C,),
         p + "self_attn.q_proj.weight": (q_out, C),
         p + "self_attn.k_proj.weight": (kv_out, C),
         p + "self_attn.v_proj.weight": (kv_out, C),
+    }
+    if config.qkv_bias:                                       # Qwen2
+        shapes.update({p + "self_attn.q_proj.bias": (q_out,), p + "self_attn.k_proj.bias": (kv_out,),
+                       p + "self_attn.v_proj.bias": (kv_out,)})
+    if config.qk_norm:                                        # Qwen3: one (D,) weight for all heads
+        shapes.update({p + "self_attn.q_norm.weight": (config.head_dim,),
+                       p + "self_attn.k_norm.weight": (config.head_dim,)})
+    shapes.update({
         p + "self_attn.o_proj.weight": (C, q_out),
         p + "post_attention_layernorm.weight": (C,),
         p + "mlp.gate_proj.weight": (F, C),
         p + "mlp.up_proj.weight": (F, C),
         p + "mlp.down_proj.weight": (C, F),
-    }
+    })
+    return shapes
 
 
 def param_shapes(config):

@@ -48,7 +48,7 @@ def embedding_backward(dx, cache):
 
 
 # ---------------------------------------------------------------------------------------------
-# Linear (no bias, as in LLaMA/Mistral)
+# Linear (no bias, as in LLaMA/Mistral), and with a bias (Qwen2's q/k/v)
 
 
 def linear_forward(x, weight):
@@ -69,12 +69,32 @@ def linear_backward(dy, cache):
     return dx, dweight
 
 
+def linear_bias_forward(x, weight, bias):
+    """x (..., in), weight (out, in), bias (out,) or None -> y (..., out) = x @ weight.T + bias.
+    Qwen2's q/k/v projections carry a bias; bias=None is exactly linear_forward."""
+    y, linear_cache = linear_forward(x, weight)
+    if bias is not None:
+        y = y + bias
+    return y, (linear_cache, bias is not None)
+
+
+def linear_bias_backward(dy, cache):
+    """Returns dx (..., in), dweight (out, in), dbias (out,) or None.
+    forward: y = x Wᵀ + b -> dx, dW as for linear; b is added at every leading position, so
+    db = Σ_positions dy."""
+    linear_cache, has_bias = cache
+    dx, dweight = linear_backward(dy, linear_cache)
+    dbias = dy.reshape(-1, dy.shape[-1]).sum(axis=0) if has_bias else None
+    return dx, dweight, dbias
+
+
 # ---------------------------------------------------------------------------------------------
 # RMSNorm
 
 
 def rmsnorm_forward(x, weight, eps):
     """x (B, T, C), weight (C,) -> y = x / rms(x) * weight, rms(x) = sqrt(mean(x²) + eps).
+    Any leading axes work: Qwen3's q/k norm passes (B, T, H, D) and a (D,) weight.
     The cache keeps (x, weight, rstd) with rstd (B, T, 1) and recomputes x_hat = x * rstd in
     backward: that saves storing one (B, T, C) tensor per norm."""
     xp = array_module(x)

@@ -1,4 +1,5 @@
-"""MiniTransformer: the Python interface of the model (a Mistral/LLaMA decoder).
+"""MiniTransformer: the Python interface of the model (a Mistral/LLaMA decoder; the Qwen2/Qwen3
+and Llama 3 features are switches in TransformerConfig).
 
 The model object only holds state: `params` and `grads` (dicts keyed by Hugging Face names),
 and what the last forward kept for backward. The math lives in free functions
@@ -7,6 +8,7 @@ and what the last forward kept for backward. The math lives in free functions
     x = embed(ids)                                   hidden_states[0]
     for each layer i:
         x = x + attention(rmsnorm(x))                RoPE, GQA, optional sliding window
+                                                     (optional: q/k/v bias, q/k norm)
         x = x + swiglu(rmsnorm(x))                   hidden_states[i + 1]
     logits = rmsnorm(x) @ lm_head.T                  (lm_head = embed when tied)
 """
@@ -22,13 +24,15 @@ from mini_llm.model.config import TransformerConfig, param_shapes  # noqa: F401
 
 
 def init_params(config, seed, dtype):
-    """Norm weights 1; other weights N(0, 0.02), the two projections that write into the
+    """Norm weights 1, biases 0; other weights N(0, 0.02), the two projections that write into the
     residual stream (o_proj, down_proj) scaled by 1/sqrt(2 * num_layers) as in GPT-2."""
     rng = np.random.default_rng(seed)
     params = {}
     for name, shape in param_shapes(config).items():
         if name.endswith("norm.weight"):
             w = np.ones(shape)
+        elif name.endswith(".bias"):                     # Qwen2 q/k/v bias: starts at 0
+            w = np.zeros(shape)
         else:
             std = 0.02
             if name.endswith(("o_proj.weight", "down_proj.weight")):
@@ -70,10 +74,11 @@ class MiniTransformer:
         c = self.config
         xp = array_module(self.params["model.norm.weight"])
         if start + T > c.max_seq_length:
-            return attention.rope_cos_sin(T, c.head_dim, c.rope_theta, self.dtype, start=start, xp=xp)
+            return attention.rope_cos_sin(T, c.head_dim, c.rope_theta, self.dtype, start=start,
+                                          xp=xp, scaling=c.rope_scaling)
         if self._rope_table is None:
             self._rope_table = attention.rope_cos_sin(c.max_seq_length, c.head_dim, c.rope_theta,
-                                                      self.dtype, xp=xp)
+                                                      self.dtype, xp=xp, scaling=c.rope_scaling)
         cos, sin = self._rope_table
         return cos[start:start + T], sin[start:start + T]
 
@@ -123,12 +128,14 @@ class MiniTransformer:
         """One decoder block: pre-norm attention then pre-norm SwiGLU, each added to x. The same
         block serves training (backward from its cache) and generation (with a KV cache)."""
         p, c, pre = self.params, self.config, f"model.layers.{i}."
+        att = pre + "self_attn."
+        bias = tuple(p[att + n + "_proj.bias"] for n in "qkv") if c.qkv_bias else None    # Qwen2
+        qk_norm = (p[att + "q_norm.weight"], p[att + "k_norm.weight"], c.norm_eps) if c.qk_norm else None
         h, norm1 = layers.rmsnorm_forward(x, p[pre + "input_layernorm.weight"], c.norm_eps)
         a, attn = attention.self_attention_forward(
-            h, p[pre + "self_attn.q_proj.weight"], p[pre + "self_attn.k_proj.weight"],
-            p[pre + "self_attn.v_proj.weight"], p[pre + "self_attn.o_proj.weight"],
-            cos, sin, c.num_heads, c.num_kv_heads, c.sliding_window, use_kernel=self.use_kernel,
-            kv_cache=kv_cache, layer=i)
+            h, p[att + "q_proj.weight"], p[att + "k_proj.weight"], p[att + "v_proj.weight"],
+            p[att + "o_proj.weight"], cos, sin, c.num_heads, c.num_kv_heads, c.layer_window(i),
+            use_kernel=self.use_kernel, kv_cache=kv_cache, layer=i, bias=bias, qk_norm=qk_norm)
         x = x + a
         h, norm2 = layers.rmsnorm_forward(x, p[pre + "post_attention_layernorm.weight"], c.norm_eps)
         f, mlp = layers.swiglu_forward(h, p[pre + "mlp.gate_proj.weight"],
@@ -168,11 +175,13 @@ class MiniTransformer:
         dx_norm, dw = layers.rmsnorm_backward(dh, norm2)
         g[pre + "post_attention_layernorm.weight"] += dw
         dx = dx + dx_norm
-        dh, dwq, dwk, dwv, dwo = attention.self_attention_backward(dx, attn)
+        dh, dwq, dwk, dwv, dwo, dextra = attention.self_attention_backward(dx, attn)
         g[pre + "self_attn.q_proj.weight"] += dwq
         g[pre + "self_attn.k_proj.weight"] += dwk
         g[pre + "self_attn.v_proj.weight"] += dwv
         g[pre + "self_attn.o_proj.weight"] += dwo
+        for name, d in dextra.items():             # Qwen2 biases, Qwen3 q/k norms
+            g[pre + "self_attn." + name] += d
         dx_norm, dw = layers.rmsnorm_backward(dh, norm1)
         g[pre + "input_layernorm.weight"] += dw
         return dx + dx_norm
@@ -180,11 +189,13 @@ class MiniTransformer:
     # ----- checkpoints -------------------------------------------------------------------
 
     def save_pretrained(self, directory):
-        """config.json (Hugging Face MistralConfig keys) + model.safetensors, written atomically."""
+        """config.json (Hugging Face keys of the family its features need: mistral for a plain
+        model) + model.safetensors, written atomically."""
         checkpoint.save_pretrained(self, directory)
 
     @classmethod
     def from_pretrained(cls, directory, dtype=np.float32):
-        """Load ours, or a Hugging Face LLaMA / Mistral folder (fp32/fp16/bf16, sharded or not)."""
+        """Load ours, or a Hugging Face LLaMA / Mistral / Qwen2 / Qwen3 folder (fp32/fp16/bf16,
+        sharded or not)."""
         config, params = checkpoint.load_pretrained(directory, dtype=dtype)
         return cls(config, dtype=dtype, params=params)
