@@ -15,7 +15,7 @@ import json
 import pytest
 
 from tokenizer.bpe_tokenizer import BPETokenizer
-from tokenizer.hf_format import GPT4_PATTERN
+from tokenizer.hf_pipeline import GPT4_PATTERN
 
 tokenizers = pytest.importorskip("tokenizers")
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers  # noqa: E402

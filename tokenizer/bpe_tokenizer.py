@@ -102,6 +102,7 @@ class BPETokenizer:
         self.requested_vocab_size = vocab_size
         self._configure(hf_format.pre_tokenizer_json(PATTERNS.get(pattern, pattern)), None)
         self.unk_token = None
+        self.prefix_ids = []        # what a loaded file's post-processor puts first (e.g. [bos])
         self._set_vocab({i: bytes([i]) for i in range(256)}, [],
                         {s: 256 + k for k, s in enumerate(special_tokens)}, list(range(256)))
         self.ignore_merges = False
@@ -398,4 +399,5 @@ class BPETokenizer:
         tokenizer.requested_vocab_size = tokenizer.vocab_size
         tokenizer.ignore_merges = parts["ignore_merges"]
         tokenizer.role_names = parts["role_names"]
+        tokenizer.prefix_ids = parts["prefix_ids"]
         return tokenizer

@@ -28,7 +28,6 @@ import os
 
 from mini_llm.files import atomic_write
 from tokenizer.byte_bpe import render_token
-from tokenizer.hf_pipeline import GPT4_PATTERN  # noqa: F401 (the tests' import)
 from tokenizer.hf_pipeline import (GPT2_PATTERN, TokenizerFileError, parse_decoder,
                                    parse_normalizer, parse_pre_tokenizer)
 from tokenizer.sentencepiece_bpe import byte_token
@@ -244,6 +243,33 @@ def _refuse_normalized_added_tokens(data, path):
                                      "supported with byte_fallback (set it to false)")
 
 
+def _read_prefix_ids(post_processor, path):
+    """The ids a TemplateProcessing post-processor puts before a single sequence ("<s> $A":
+    Llama 2, TinyLlama; also inside a Sequence of processors, as Llama 3 stores it), [] for
+    none. The encoder never adds them itself (encode gives the text's tokens); a teacher that
+    was trained with them gets them in front of its inputs (training/teachers.py)."""
+    if not isinstance(post_processor, dict):
+        return []
+    if post_processor.get("type") == "Sequence":
+        for inner in post_processor.get("processors") or []:
+            ids = _read_prefix_ids(inner, path)
+            if ids:
+                return ids
+        return []
+    if post_processor.get("type") != "TemplateProcessing":
+        return []
+    ids, specials = [], post_processor.get("special_tokens") or {}
+    for item in post_processor.get("single") or []:
+        if "Sequence" in item:
+            break
+        name = (item.get("SpecialToken") or {}).get("id")
+        if name not in specials or not isinstance(specials[name].get("ids"), list):
+            raise TokenizerFileError(f"{path}: post_processor names special token {name!r} "
+                                     f"without its ids")
+        ids += specials[name]["ids"]
+    return ids
+
+
 def _read_config_names(path):
     """bos/eos/pad token names from a tokenizer_config.json beside the file, if any."""
     config_path = os.path.join(os.path.dirname(path), "tokenizer_config.json")
@@ -294,7 +320,8 @@ def from_json_file(path):
     by rank, special_tokens {text: id}, byte_ids (the id of each byte 0..255),
     pre_tokenizer, normalizer and decoder (JSON, kept for saving), ignore_merges,
     byte_fallback (SentencePiece-style BPE) and its unk_token, role_names
-    {role: text} from tokenizer_config.json, and path.
+    {role: text} from tokenizer_config.json, prefix_ids (what the post-processor puts before
+    a sequence, e.g. [bos]), and path.
     """
     path = resolve_path(path)
     data = read_json(path)
@@ -321,5 +348,6 @@ def from_json_file(path):
         "byte_fallback": byte_fallback,
         "unk_token": model.get("unk_token"),
         "role_names": _read_config_names(path),
+        "prefix_ids": _read_prefix_ids(data.get("post_processor"), path),
         "path": path,
     }

@@ -172,10 +172,15 @@ def load_teachers_early(args):
             raise ValueError(f"--teacher {kind}: {path} is a file; give the checkpoint folder")
         teacher = (load_llama_teacher(path, name=kind, kind=kind) if kind in HF_KINDS
                    else load_minillm_teacher(path))
-        limit = teacher.model.config.max_seq_length
-        if teacher.model.config.sliding_window is None and limit < args.max_seq_length:
+        limit, prefix = teacher.model.config.max_seq_length, teacher.prefix_ids()
+        if teacher.model.config.sliding_window is None and limit < args.max_seq_length + len(prefix):
             raise ValueError(f"--teacher {kind}: {path} takes at most {limit} positions "
-                             f"(max_position_embeddings), less than --max_seq_length {args.max_seq_length}")
+                             f"(max_position_embeddings), less than --max_seq_length {args.max_seq_length}"
+                             + (f" + its {len(prefix)} prefix token(s)" if prefix else ""))
+        if prefix:
+            print(f"teacher {kind}: its tokenizer's post-processor puts {prefix} before every "
+                  f"sequence: the teacher reads them first; the student's own sequences get none "
+                  f"(its documents are separated by eos)")
         if not args.cross_vocab and not args.tokenizer_path and not args.resume:
             check_vocab(teacher, args.vocab_size)    # the student's vocabulary will be --vocab_size
         loaded.append((kind, teacher, weight))

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mini_llm import backend
 from mini_llm.model.transformer import MiniTransformer
 from tokenizer.bpe_tokenizer import BPETokenizer
 
@@ -39,6 +40,12 @@ class TransformerTeacher:
         self.num_layers = model.config.num_layers
         self.hidden_size = model.config.hidden_size
 
+    def prefix_ids(self):
+        """The ids its tokenizer's post-processor puts before every sequence ([bos] for
+        Llama 2 / TinyLlama), [] for none: the teacher reads them first, and its outputs at
+        those positions are dropped, so position t still predicts token t + 1."""
+        return list(getattr(self.tokenizer, "prefix_ids", []) or [])
+
     def drop_padded_rows(self, n_tokens):
         """Keep the first n_tokens logits. Published checkpoints round the embedding up past the
         tokenizer (Qwen2.5: 151,936 rows for 151,665 tokens; LLaMA-style: to a multiple of 64
@@ -51,10 +58,13 @@ class TransformerTeacher:
         for i in hidden_layers:
             if not 0 <= i <= self.num_layers:
                 raise ValueError(f"teacher {self.name} has hidden states 0..{self.num_layers}, asked for {i}")
-        logits = self.model.forward(ids, keep_cache=False)
+        prefix = self.prefix_ids()
+        if prefix:                          # e.g. <s>: the teacher was trained with it in front
+            ids = np.concatenate([np.tile(prefix, (len(ids), 1)), backend.to_host(ids)], axis=1)
+        logits = self.model.forward(ids, keep_cache=False)[:, len(prefix):]     # (B, T, V)
         if logits.shape[-1] > self.vocab_size:          # padded rows dropped
             logits = logits[..., :self.vocab_size]
-        hidden = {i: self.model.hidden_states[i] for i in hidden_layers}
+        hidden = {i: self.model.hidden_states[i][:, len(prefix):] for i in hidden_layers}
         self.model.hidden_states = []          # let the other layers' activations go
         return logits, hidden
 
