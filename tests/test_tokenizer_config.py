@@ -55,3 +55,14 @@ def test_config_names_agree_with_transformers(folder):
     hf = transformers.PreTrainedTokenizerFast.from_pretrained(folder)
     tok = BPETokenizer.load(folder)
     assert (tok.bos_id, tok.eos_id, tok.pad_id) == (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id)
+
+
+def test_add_bos_token_in_tokenizer_config_is_the_prefix(tmp_path):
+    """Older Llama folders say add_bos_token in tokenizer_config.json, not in a post-processor:
+    that bos is what the file's tokenizer puts first (prefix_ids; encode itself adds nothing)."""
+    tok = BPETokenizer(vocab_size=300, special_tokens=["<s>", "</s>"]).train(["some text here"] * 3)
+    tok.save(tmp_path / "tokenizer.json")
+    assert BPETokenizer.load(tmp_path).prefix_ids == []
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": True, "bos_token": "<s>"}))
+    loaded = BPETokenizer.load(tmp_path)
+    assert loaded.prefix_ids == [tok.special_tokens["<s>"]] and loaded.encode("some") == tok.encode("some")

@@ -270,6 +270,17 @@ def _read_prefix_ids(post_processor, path):
     return ids
 
 
+def _config_bos_prefix(path, specials):
+    """[bos id] when tokenizer_config.json beside the file says add_bos_token (older Llama
+    folders say it there instead of in a post-processor), else []."""
+    config_path = os.path.join(os.path.dirname(path), "tokenizer_config.json")
+    config = read_json(config_path) if os.path.isfile(config_path) else {}
+    if not (isinstance(config, dict) and config.get("add_bos_token") is True):
+        return []
+    bos = _read_config_names(path).get("bos")
+    return [specials[bos]] if bos in specials else []
+
+
 def _read_config_names(path):
     """bos/eos/pad token names from a tokenizer_config.json beside the file, if any."""
     config_path = os.path.join(os.path.dirname(path), "tokenizer_config.json")
@@ -348,6 +359,7 @@ def from_json_file(path):
         "byte_fallback": byte_fallback,
         "unk_token": model.get("unk_token"),
         "role_names": _read_config_names(path),
-        "prefix_ids": _read_prefix_ids(data.get("post_processor"), path),
+        "prefix_ids": (_read_prefix_ids(data.get("post_processor"), path)
+                       or _config_bos_prefix(path, specials)),
         "path": path,
     }
