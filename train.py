@@ -135,8 +135,8 @@ def check_before_work(args, group, out, ckpt):
     file; the output folder may be used; every --teacher opens. Then a resumed run's newest
     complete checkpoint is put back in place (rank 0). Returns (the starting-over notice or
     None, the teachers loaded early)."""
-    group.check_same("the command line", json.dumps(vars(args), sort_keys=True))
-    group.check_same("the data file", file_digest(args.data_path))
+    group.check_same("the command line", lambda: json.dumps(vars(args), sort_keys=True))
+    group.check_same("the data file", lambda: file_digest(args.data_path))   # one process: not read
     starting_over = checks.check_output_dir(out, args.resume, args.overwrite)
     group.barrier()                        # every rank has looked before rank 0 writes
     loaded_teachers = checks.load_teachers_early(args)        # a typo in --teacher fails now

@@ -187,12 +187,12 @@ class Group:
             raise ValueError(message)
         return result if self.is_root else (then or fn)()
 
-    def check_same(self, what, value):
-        """One-line ValueError on every rank when the ranks disagree on `value` (a string: the
-        command line, a data file's digest)."""
+    def check_same(self, what, value_of):
+        """One-line ValueError on every rank when the ranks disagree on value_of() (a string:
+        the command line, a data file's digest), computed only when there are several ranks."""
         if self.size == 1:
             return
-        values = self.comm.allgather(value)
+        values = self.comm.allgather(value_of())
         other = next((r for r, v in enumerate(values) if v != values[0]), None)
         if other is not None:
             raise ValueError(f"the {self.size} MPI ranks disagree on {what}: rank {other} differs "
