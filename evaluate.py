@@ -11,7 +11,7 @@ import json
 import math
 import sys
 
-from mini_llm import backend
+from mini_llm import backend, threads
 from mini_llm.checkpoint import CheckpointError, read_metadata
 from training.data import encode_documents, load_texts, make_sequences, split_train_val
 from training.checks import ArgumentParser, describe_os_error, require
@@ -49,11 +49,13 @@ def main(argv=None):
     p.add_argument("--encoding_errors", choices=["strict", "replace", "ignore"], default="strict",
                    help="invalid UTF-8 in the data: fail, or replace/drop the bad bytes")
     p.add_argument("--device", choices=["cpu", "gpu", "auto"])
+    threads.add_flag(p)
     args = p.parse_args(argv)
     try:
         require(args.batch_size >= 1, "--batch_size", args.batch_size, ">= 1")
         require(args.seq_len is None or args.seq_len >= 1, "--seq_len", args.seq_len, ">= 1")
         backend.set_device(args.device)
+        threads.set_threads(args.threads)
         model, tokenizer = load_checkpoint(args.checkpoint)
         seq_len = min(args.seq_len or model.config.max_seq_length, model.config.max_seq_length)
         texts = load_texts(args.data_path, args.encoding_errors)

@@ -12,9 +12,10 @@ import argparse
 import sys
 import time
 
+import mini_llm  # noqa: F401  first: the thread pools' spin settings, before NumPy loads (mini_llm/threads.py)
 import numpy as np
 
-from mini_llm import backend
+from mini_llm import backend, threads
 from mini_llm.checkpoint import CheckpointError
 from mini_llm.generate import STOP_CONTEXT_LIMIT, generate
 from training.checks import ArgumentParser, check_generation, describe_os_error
@@ -34,10 +35,12 @@ def main(argv=None):
     p.add_argument("--seed", type=int, help="fixes the sample (default: a new one each run)")
     p.add_argument("--no_cache", action="store_true", help="recompute instead of using the KV cache")
     p.add_argument("--device", choices=["cpu", "gpu", "auto"])
+    threads.add_flag(p)
     args = p.parse_args(argv)
     try:
         check_generation(args)          # every setting in range before any work
         backend.set_device(args.device)
+        threads.set_threads(args.threads)
         model, tokenizer = load_checkpoint(args.checkpoint)
         prompt = tokenizer.encode(args.prompt)
         if not prompt:

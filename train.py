@@ -36,9 +36,10 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import mini_llm  # noqa: F401  first: the thread pools' spin settings, before NumPy loads (mini_llm/threads.py)
 import numpy as np
 
-from mini_llm import backend, distributed
+from mini_llm import backend, distributed, threads
 from mini_llm.distributed import SINGLE
 from mini_llm.checkpoint import CheckpointError
 from mini_llm.files import atomic_write
@@ -199,6 +200,8 @@ def run(args, group=SINGLE):
     writes a file runs on rank 0 first (rank0_first), and only rank 0 saves and reports."""
     backend.set_device(args.device)
     group.pick_gpu()                       # several ranks on a node: one GPU each
+    threads.set_threads(args.threads, distributed.ranks_on_this_machine())
+    print(threads.describe())
     out = Path(args.output_dir)
     ckpt, metrics_path = out / "checkpoint", out / "metrics.jsonl"
     starting_over, loaded_teachers = check_before_work(args, group, out, ckpt)

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mini_llm import threads
 from mini_llm.model.transformer import MiniTransformer, TransformerConfig
 from tokenizer.bpe_tokenizer import BPETokenizer
 from training.data import encode_documents, load_texts, make_sequences, split_train_val
@@ -213,6 +214,7 @@ def parse_args():
     p.add_argument("--on_policy_tokens", type=int, default=16, help="tokens the student writes per sequence")
     p.add_argument("--seq_kd", type=int, default=2048, help="sequences the teacher writes for seq-KD")
     p.add_argument("--seq_kd_prompt", type=int, default=8)
+    threads.add_flag(p)
     p.add_argument("--mix_alpha", type=float, default=0.2, help="MiniLLM's teacher share in sampling")
     p.add_argument("--cache_dir", default="benchmarks/output", help="where seq-KD's text is cached")
     p.add_argument("--quick", action="store_true", help="smoke run in seconds: checks that the "
@@ -226,6 +228,7 @@ def parse_args():
 
 def main():
     args = parse_args()
+    threads.set_threads(args.threads)
     t_start = time.perf_counter()
     documents = load_documents(args)
     train_docs, val_docs = split_train_val(documents, 0.1, args.seed)

@@ -45,13 +45,14 @@ from pathlib import Path
 
 import numpy as np
 
+from mini_llm.threads import POOL_SIZE_VARIABLES
+
 FULL = dict(model=dict(vocab_size=8192, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=4,
                        intermediate_size=1024, max_seq_length=256, sliding_window=128), batch=8)
 QUICK = dict(model=dict(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=4,
                         intermediate_size=256, max_seq_length=64, sliding_window=32), batch=4)
 CONFIGS = {"1x1": (1, 1), "1x2": (1, 2), "2x1": (2, 1)}          # name: (ranks, threads each)
 LABEL = {"1x1": "1 rank x 1 thread", "1x2": "1 rank x 2 threads", "2x1": "2 ranks x 1 thread"}
-THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 RTOL, ATOL = 1e-4, 1e-6
 
 
@@ -180,7 +181,7 @@ def launch(name, args, mpiexec, dump=None):
     """Run one worker to its end; returns its JSON line (None with --dump). Started in its own
     session, so that a timeout can kill mpiexec and its ranks together."""
     ranks, threads = CONFIGS[name]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1", **{v: str(threads) for v in THREAD_VARIABLES})
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1", **{v: str(threads) for v in POOL_SIZE_VARIABLES})
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name,
            "--steps", str(args.steps), "--warmup", str(args.warmup)]
     cmd += ["--quick"] if args.quick else []

@@ -39,8 +39,8 @@ def parse_args():
 # The BLAS thread pool is sized when NumPy loads: the thread count goes into the environment first.
 ARGS = parse_args() if __name__ == "__main__" else None
 if ARGS is not None:
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ[var] = str(ARGS.threads)
+    from mini_llm import threads
+    threads.pin_environment(ARGS.threads)           # mini_llm/threads.py: before NumPy loads
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402

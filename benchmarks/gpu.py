@@ -37,6 +37,8 @@ import os
 import sys
 import time
 
+from mini_llm import threads                     # imports no NumPy: pools are sized before it loads
+
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -47,12 +49,14 @@ def parse_args():
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (default: strict float32)")
     parser.add_argument("--skip_torch", action="store_true", help="no PyTorch rows")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny model, T 1024, 2 steps")
+    threads.add_flag(parser)                     # the CPU side: PyTorch's and NumPy's host work
     return parser.parse_args()
 
 
 ARGS = parse_args() if __name__ == "__main__" else None
 if ARGS is not None:
     os.environ["CUPY_TF32"] = "1" if ARGS.tf32 else "0"
+    threads.pin_environment(ARGS.threads or threads.available_cores())
 
 import numpy as np  # noqa: E402
 
@@ -60,7 +64,7 @@ from mini_llm import backend  # noqa: E402
 from mini_llm.model import attention, gpu_kernels, layers  # noqa: E402
 from mini_llm.model.transformer import MiniTransformer, TransformerConfig  # noqa: E402
 from mini_llm.optim import AdamW  # noqa: E402
-from train_step import OPTIM, band_area, flops_per_step, ours_step_fn, torch_model, torch_step_fn  # noqa: E402
+from train_step_worker import OPTIM, band_area, flops_per_step, ours_step_fn, torch_model, torch_step_fn  # noqa: E402
 
 CONFIG = dict(vocab_size=32000, hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=12,
               intermediate_size=3072, max_seq_length=1024, sliding_window=512)

@@ -44,8 +44,8 @@ def parse_args():
 
 ARGS = parse_args() if __name__ == "__main__" else None
 if ARGS is not None:                    # the thread pools are sized when NumPy and Numba load
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ[var] = str(ARGS.threads)
+    from mini_llm import threads
+    threads.pin_environment(ARGS.threads)
 
 import numpy as np  # noqa: E402
 

@@ -45,6 +45,12 @@ def launched_ranks():
     return _launcher_value(LAUNCHER_SIZE_VARIABLES, 1)
 
 
+def ranks_on_this_machine():
+    """How many of the launcher's ranks run on this machine (1 when there is no launcher, or it
+    does not say): they share its cores (mini_llm/threads.py)."""
+    return _launcher_value(("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE"), 1)
+
+
 def launched_rank():
     """This process's rank as the launcher numbered it (0 without a launcher), known even
     when mpi4py is missing."""

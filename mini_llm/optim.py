@@ -7,6 +7,7 @@ same as one big batch. `zero_grad` then clears them.
 import math
 
 from mini_llm.backend import array_module
+from mini_llm.model import row_kernels
 
 
 def decays(name, shape, decay_embeddings=False):
@@ -40,26 +41,12 @@ class AdamW:
         """One update of every parameter in place, from grads (already clipped if wanted)."""
         lr = self.lr if lr is None else lr
         self.t += 1
-        bias1, bias2 = 1 - self.beta1 ** self.t, 1 - self.beta2 ** self.t
         for name, p in params.items():
             if name not in self.m:      # parameters added later (e.g. distillation projections)
                 self.add_param(name, p)
-            g, m, v = grads[name], self.m[name], self.v[name]
-            xp = array_module(p)
-            m *= self.beta1
-            m += (1 - self.beta1) * g
-            v *= self.beta2
-            v += (1 - self.beta2) * (g * g)
-            if self.decay[name] and self.weight_decay:
-                p *= 1 - lr * self.weight_decay
-            # lr · m̂ / (sqrt(v̂) + eps), computed in one scratch array, in place, as torch does:
-            # sqrt(v̂) = sqrt(v) / sqrt(bias2) and m̂ = m / bias1 (bias terms are scalars)
-            update = xp.sqrt(v)
-            update /= math.sqrt(bias2)
-            update += self.eps
-            xp.divide(m, update, out=update)
-            update *= lr / bias1
-            p -= update
+            decay = self.weight_decay if self.decay[name] else 0.0
+            adamw_update(p, grads[name], self.m[name], self.v[name], lr, self.beta1, self.beta2,
+                         self.eps, decay, self.t)
 
     def add_param(self, name, p, decay=None):
         xp = array_module(p)
@@ -80,6 +67,30 @@ class AdamW:
             self.m[n][...] = array_module(self.m[n]).asarray(arrays[f"m.{n}"])
             self.v[n][...] = array_module(self.v[n]).asarray(arrays[f"v.{n}"])
         self.t = int(meta["t"])
+
+
+def adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
+    """One AdamW step of one parameter: p, m, v updated in place; t is the step number after
+    this update (1 for the first), weight_decay 0 for a tensor without decay. NumPy arrays go to
+    the one-pass Numba twin (row_kernels.adamw_update), the same formula in the same order."""
+    if row_kernels.applies(p, g, m, v) and all(a.flags.c_contiguous for a in (p, g, m, v)):
+        return row_kernels.adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t)
+    xp = array_module(p)
+    bias1, bias2 = 1 - beta1 ** t, 1 - beta2 ** t
+    m *= beta1
+    m += (1 - beta1) * g
+    v *= beta2
+    v += (1 - beta2) * (g * g)
+    if weight_decay:
+        p *= 1 - lr * weight_decay
+    # lr · m̂ / (sqrt(v̂) + eps), computed in one scratch array, in place, as torch does:
+    # sqrt(v̂) = sqrt(v) / sqrt(bias2) and m̂ = m / bias1 (bias terms are scalars)
+    update = xp.sqrt(v)
+    update /= math.sqrt(bias2)
+    update += eps
+    xp.divide(m, update, out=update)
+    update *= lr / bias1
+    p -= update
 
 
 def clip_grad_norm(grads, max_norm):

@@ -109,7 +109,7 @@ def check_output_dir(out, resume, overwrite):
 
 # flags that may differ from the stored run: its length, logging, and where it runs
 MAY_CHANGE_ON_RESUME = {"max_steps", "num_epochs", "eval_every", "save_every", "sample_tokens",
-                        "compare_baseline", "device", "output_dir", "resume", "overwrite"}
+                        "compare_baseline", "device", "threads", "output_dir", "resume", "overwrite"}
 
 
 def _same(a, b):

@@ -26,7 +26,7 @@ Runs on NumPy or CuPy arrays (float32 or float64), through `array_module`.
 import numpy as np
 
 from mini_llm.backend import array_module
-from mini_llm.model.layers import log_softmax, softmax
+from mini_llm.model.layers import log_softmax, softmax, softmax_backward
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -82,11 +82,6 @@ def _scatter_last(values, ids, size):
     out = xp.zeros((rows, size), dtype=values.dtype)
     out[xp.arange(rows)[:, None], ids.reshape(rows, -1)] = values.reshape(rows, -1)
     return out.reshape(values.shape[:-1] + (size,))
-
-
-def _softmax_backward(dp, p):
-    # forward: p = softmax(s) -> ds = p * (dp - sum_v p_v dp_v)   (Jacobian diag(p) - p p^T)
-    return p * (dp - (p * dp).sum(axis=-1, keepdims=True))
 
 
 # ----------------------------------------------------------------------------- logit KL
@@ -179,7 +174,7 @@ def jsd_backward(dloss, cache):
         return kl_backward(dloss, cache)
     _, log_q, log_m, w, beta, tau, dtype = cache
     xp = array_module(log_q)
-    ds = _softmax_backward((1 - beta) * (log_q - log_m), xp.exp(log_q))
+    ds = softmax_backward((1 - beta) * (log_q - log_m), xp.exp(log_q))
     return (dloss * tau * w[..., None] * ds).astype(dtype, copy=False)
 
 
@@ -353,5 +348,5 @@ def uld_backward(dloss, cache):
     # then the softmax Jacobian: ds = p_s (dp_s - p_s . dp_s), dz = dloss w ds / tau.
     p_s, order, sign, w, tau, dtype = cache
     dp = _scatter_last(sign, order, p_s.shape[-1])                                 # (B, T, Vs)
-    ds = _softmax_backward(dp, p_s)
+    ds = softmax_backward(dp, p_s)
     return (dloss * w[..., None] * ds / tau).astype(dtype, copy=False)

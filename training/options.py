@@ -8,6 +8,7 @@ training/checks.py, which checks them, nothing else in the library sees `args`.
 import argparse
 from pathlib import Path
 
+from mini_llm import threads
 from mini_llm.model.config import TransformerConfig
 from training import checks, on_policy, seq_kd
 from training.knowledge_transfer import DISTILL_CE_WEIGHT, DistillConfig
@@ -160,6 +161,7 @@ def add_system_flags(p):
                    help="invalid UTF-8 in the data: fail, or replace/drop the bad bytes (default: %(default)s)")
     g.add_argument("--device", choices=["cpu", "gpu", "auto"], default=None, help="where the arrays live "
                    "(default: env MINILLM_DEVICE, else cpu)")
+    threads.add_flag(g)
     g.add_argument("--seed", type=int, default=0, help="initial weights, data split and batch "
                    "order (default: %(default)s)")
     g.add_argument("--sample_tokens", type=int, default=60, help="tokens generated at the end "

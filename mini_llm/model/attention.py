@@ -20,11 +20,12 @@ import math
 import numpy as np
 
 from mini_llm.backend import array_module
-from mini_llm.model import gpu_kernels
+from mini_llm.model import gpu_kernels, row_kernels
 from mini_llm.model.config import check_window
 from mini_llm.model.kernels import sliding_window_attention_backward, sliding_window_attention_forward
 from mini_llm.model.layers import (linear_backward, linear_bias_backward, linear_bias_forward,
-                                   linear_forward, rmsnorm_backward, rmsnorm_forward, softmax)
+                                   linear_forward, rmsnorm_backward, rmsnorm_forward, softmax,
+                                   softmax_backward)
 
 # ---------------------------------------------------------------------------------------------
 # RoPE, rotate-half layout (as Hugging Face LLaMA/Mistral store q_proj and k_proj)
@@ -88,7 +89,10 @@ def apply_rope(x, cos, sin):
 
 
 def rope_forward(x, cos, sin):
-    """apply_rope with a cache for backward. x (B, T, H, D) -> y (B, T, H, D)."""
+    """apply_rope with a cache for backward. x (B, T, H, D) -> y (B, T, H, D).
+    NumPy arrays go to the fused Numba twin (row_kernels.py): one pass, no temporaries."""
+    if row_kernels.applies(x, cos, sin):
+        return row_kernels.rope_forward(x, cos, sin)
     return apply_rope(x, cos, sin), (cos, sin)
 
 
@@ -96,6 +100,8 @@ def rope_backward(dy, cache):
     """forward: y = x cos + R(x) sin, R = rotate_half, a linear map with Rᵀ = -R
     (R(x1, x2) = (-x2, x1), so Rᵀ(g1, g2) = (g2, -g1)). Hence dx = dy cos + Rᵀ(dy sin)
     = dy cos - R(dy sin): the rotation by the opposite angle."""
+    if row_kernels.applies(dy, *cache):
+        return row_kernels.rope_backward(dy, cache)
     cos, sin = cache
     return dy * cos[:, None, :] - rotate_half(dy * sin[:, None, :])
 
@@ -167,7 +173,7 @@ def attention_reference_backward(dout, cache):
     dout_h = dout.transpose(0, 2, 1, 3)                                # (B, H, T, D)
     dv = p.transpose(0, 1, 3, 2) @ dout_h                              # (B, H, T, D)
     dp = dout_h @ vh.transpose(0, 1, 3, 2)                             # (B, H, T, T)
-    ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))               # (B, H, T, T)
+    ds = softmax_backward(dp, p)                                       # (B, H, T, T)
     dq = (ds @ kh) * scale                                             # (B, H, T, D)
     dk = (ds.transpose(0, 1, 3, 2) @ qh) * scale                       # (B, H, T, D)
 

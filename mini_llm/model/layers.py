@@ -8,8 +8,11 @@ Symbol legend, used in every shape comment of the model:
 
 Weights use the Hugging Face layout [out, in], so a linear layer computes y = x @ W.T.
 Arrays may be NumPy or CuPy: each function asks `array_module` which one it was given.
+RMSNorm, the SwiGLU product and cross-entropy hand NumPy arrays to their fused Numba twins in
+row_kernels.py (same results, faster, on every core); the code below them is the reference.
 """
 from mini_llm.backend import array_module
+from mini_llm.model import row_kernels
 
 # ---------------------------------------------------------------------------------------------
 # Embedding
@@ -97,6 +100,8 @@ def rmsnorm_forward(x, weight, eps):
     Any leading axes work: Qwen3's q/k norm passes (B, T, H, D) and a (D,) weight.
     The cache keeps (x, weight, rstd) with rstd (B, T, 1) and recomputes x_hat = x * rstd in
     backward: that saves storing one (B, T, C) tensor per norm."""
+    if row_kernels.applies(x, weight):
+        return row_kernels.rmsnorm_forward(x, weight, eps)
     xp = array_module(x)
     rstd = 1.0 / xp.sqrt(xp.mean(x * x, axis=-1, keepdims=True) + eps)   # (B, T, 1)
     y = x * rstd * weight
@@ -108,6 +113,8 @@ def rmsnorm_backward(dy, cache):
     forward: y = w ⊙ x_hat, x_hat = x · rstd, rstd = (mean(x²) + eps)^(-1/2).
     dweight = Σ_positions dy ⊙ x_hat. Let g = dy ⊙ w. Term 1 (direct): g · rstd;
     term 2 (through rstd): -x_hat · rstd · mean(g ⊙ x_hat). So dx = rstd (g - x_hat mean(g x_hat))."""
+    if row_kernels.applies(dy, *cache):
+        return row_kernels.rmsnorm_backward(dy, cache)
     x, weight, rstd = cache
     xp = array_module(dy)
     x_hat = x * rstd                                           # (B, T, C)
@@ -134,24 +141,39 @@ def silu_backward(dy, cache):
     return dy * sig * (1.0 + x * (1.0 - sig))
 
 
+def swiglu_product_forward(gate, up):
+    """h = silu(gate) ⊙ up, gate/up (B, T, F) -> h (B, T, F): the gated unit of SwiGLU."""
+    if row_kernels.applies(gate, up):
+        return row_kernels.swiglu_product_forward(gate, up)
+    act, act_cache = silu_forward(gate)                        # (B, T, F)
+    return act * up, (act_cache, act, up)
+
+
+def swiglu_product_backward(dh, cache):
+    """Returns dgate, dup. The product rule on h = act ⊙ up: dact = dh ⊙ up, dup = dh ⊙ act;
+    then through silu: dgate = silu_backward(dact)."""
+    if isinstance(cache, row_kernels.SwigluProductCache):
+        return row_kernels.swiglu_product_backward(dh, cache)
+    act_cache, act, up = cache
+    return silu_backward(dh * up, act_cache), dh * act
+
+
 def swiglu_forward(x, w_gate, w_up, w_down):
     """The LLaMA feed-forward: y = down(silu(gate(x)) ⊙ up(x)).
     x (B, T, C); w_gate, w_up (F, C); w_down (C, F) -> y (B, T, C)."""
     gate, gate_cache = linear_forward(x, w_gate)               # (B, T, F)
     up, up_cache = linear_forward(x, w_up)                     # (B, T, F)
-    act, act_cache = silu_forward(gate)                        # (B, T, F)
-    h = act * up                                               # (B, T, F)
+    h, product_cache = swiglu_product_forward(gate, up)        # (B, T, F)
     y, down_cache = linear_forward(h, w_down)                  # (B, T, C)
-    return y, (gate_cache, up_cache, act_cache, down_cache, act, up)
+    return y, (gate_cache, up_cache, product_cache, down_cache)
 
 
 def swiglu_backward(dy, cache):
-    """Returns dx, dw_gate, dw_up, dw_down. Reverse order of forward; the product rule on
-    h = act ⊙ up gives dact = dh ⊙ up and dup = dh ⊙ act; x feeds both gate and up, so dx adds."""
-    gate_cache, up_cache, act_cache, down_cache, act, up = cache
+    """Returns dx, dw_gate, dw_up, dw_down. Reverse order of forward; x feeds both gate and
+    up, so dx adds."""
+    gate_cache, up_cache, product_cache, down_cache = cache
     dh, dw_down = linear_backward(dy, down_cache)
-    dact, dup = dh * up, dh * act
-    dgate = silu_backward(dact, act_cache)
+    dgate, dup = swiglu_product_backward(dh, product_cache)
     dx_up, dw_up = linear_backward(dup, up_cache)
     dx_gate, dw_gate = linear_backward(dgate, gate_cache)
     return dx_gate + dx_up, dw_gate, dw_up, dw_down
@@ -164,6 +186,8 @@ def swiglu_backward(dy, cache):
 def log_softmax(logits):
     """Numerically stable log-softmax over the last axis: log p = (z - m) - log Σ exp(z - m),
     m the row max. One (B, T, V) result, shifted in place (V is large: every copy counts)."""
+    if row_kernels.applies(logits):
+        return row_kernels.log_softmax(logits)
     xp = array_module(logits)
     logp = logits - logits.max(axis=-1, keepdims=True)
     logp -= xp.log(xp.exp(logp).sum(axis=-1, keepdims=True))
@@ -173,15 +197,28 @@ def log_softmax(logits):
 def softmax(logits):
     """Softmax over the last axis, stable: exp(z - m) / Σ exp(z - m), m the row max (rows of
     -inf entries, as masks write them, get probability 0 there). Normalised in place."""
+    if row_kernels.applies(logits):
+        return row_kernels.softmax(logits)
     xp = array_module(logits)
     p = xp.exp(logits - logits.max(axis=-1, keepdims=True))
     p /= p.sum(axis=-1, keepdims=True)
     return p
 
 
+def softmax_backward(dprobs, probs):
+    """forward: p = softmax(z) over the last axis -> dz = p ⊙ (dp - Σ_j p_j dp_j).
+    The Jacobian is dp_i/dz_j = p_i ([i = j] - p_j), so dz_j = Σ_i dp_i p_i ([i = j] - p_j)
+    = p_j dp_j - p_j Σ_i p_i dp_i."""
+    if row_kernels.applies(dprobs, probs):
+        return row_kernels.softmax_backward(dprobs, probs)
+    return probs * (dprobs - (probs * dprobs).sum(axis=-1, keepdims=True))
+
+
 def cross_entropy_forward(logits, targets, ignore_index=-100):
     """logits (B, T, V), targets (B, T) int -> mean of -log p(target) over the positions whose
     target is not ignore_index (padding). Returns (loss as a 0-d array, cache)."""
+    if row_kernels.applies(logits):          # fused: no (B, T, V) copy of the logits kept
+        return row_kernels.cross_entropy_forward(logits, targets, ignore_index)
     xp = array_module(logits)
     logp = log_softmax(logits)                                 # (B, T, V)
     valid = targets != ignore_index                            # (B, T)
@@ -196,6 +233,8 @@ def cross_entropy_forward(logits, targets, ignore_index=-100):
 def cross_entropy_backward(dloss, cache):
     """forward: loss = -(1/N) Σ log softmax(z)[y] -> dz = (softmax(z) - onehot(y)) / N at each
     counted position, 0 at ignored ones."""
+    if isinstance(cache, row_kernels.CrossEntropyCache):
+        return row_kernels.cross_entropy_backward(dloss, cache)
     logp, safe_targets, valid, count = cache
     xp = array_module(logp)
     dlogits = xp.exp(logp)                                     # softmax, (B, T, V)
