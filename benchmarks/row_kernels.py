@@ -55,6 +55,7 @@ def cases(N):
     q, dq = f32(B, T, H, D), f32(B, T, H, D)
     cos, sin = attention.rope_cos_sin(T, D, 10000.0, np.float32)
     logits, targets = 3 * f32(B, T, V), r.integers(0, V, size=(B, T))
+    scores, dscores = 3 * f32(B, H, T, T), f32(B, H, T, T)
     config = TransformerConfig(vocab_size=V, hidden_size=C, num_layers=4, num_heads=H, num_kv_heads=H,
                                intermediate_size=F, max_seq_length=256)
     params = {n: f32(*s) for n, s in param_shapes(config).items()}
@@ -73,6 +74,10 @@ def cases(N):
         y, cache = attention.rope_forward(q, cos, sin)
         return y, attention.rope_backward(dq, cache)
 
+    def attention_softmax():        # the dense attention path's softmax over (B, H, T, T) scores
+        p = layers.softmax(scores)
+        return p, layers.softmax_backward(dscores, p)
+
     def cross_entropy():
         loss, cache = layers.cross_entropy_forward(logits, targets)
         return loss, layers.cross_entropy_backward(1.0, cache)
@@ -86,7 +91,8 @@ def cases(N):
         return tuple(out)
 
     return {f"RMSNorm (N, C={C})": rmsnorm, f"SwiGLU product (N, F={F})": swiglu_product,
-            f"RoPE (N, H={H}, D={D})": rope, f"cross-entropy (N, V={V})": cross_entropy,
+            f"RoPE (N, H={H}, D={D})": rope, f"softmax (N, H={H}, T={T})": attention_softmax,
+            f"cross-entropy (N, V={V})": cross_entropy,
             "AdamW, 8.5 M params (incl. copies)": adamw}
 
 

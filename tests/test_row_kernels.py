@@ -172,3 +172,15 @@ def test_float32_exp_is_exp_to_an_ulp():
     with np.errstate(over="ignore"):
         want = 1 / (1 + np.exp(-x.astype(np.float64)))
     np.testing.assert_allclose(got, want, rtol=3e-7, atol=1e-37)
+
+
+def test_add_into_adds_in_place_and_falls_back_to_numpy():
+    r = np.random.default_rng(7)
+    out, x = normal(r, (5, 6), np.float32), normal(r, (5, 6), np.float32)
+    want = out + x
+    assert row_kernels.add_into(out, x) is out
+    np.testing.assert_array_equal(out, want)
+    view = np.zeros((6, 5), np.float32).T                  # not C-contiguous: NumPy's += does it
+    np.testing.assert_array_equal(row_kernels.add_into(view, x), x)
+    broadcast = np.zeros((5, 6))
+    np.testing.assert_array_equal(row_kernels.add_into(broadcast, np.ones(6)), np.ones((5, 6)))

@@ -382,6 +382,27 @@ def cross_entropy_backward(dloss, cache):
 
 
 # ---------------------------------------------------------------------------------------------
+# out += x: the gradient accumulation and residual adds of backward, over every core
+
+
+@njit(parallel=True, cache=True)
+def _add_into(out, x):
+    for i in prange(out.size):
+        out[i] += x[i]
+
+
+def add_into(out, x):
+    """out += x in place, for C-contiguous NumPy arrays of one shape and dtype (else NumPy's
+    +=, the reference). Returns out."""
+    if (applies(out, x) and out.shape == x.shape and out.dtype == x.dtype
+            and out.flags.c_contiguous and x.flags.c_contiguous):
+        _add_into(out.reshape(-1), x.reshape(-1))
+    else:
+        out += x
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # AdamW, one parameter in one pass (the formula and its order of operations: optim.adamw_update)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from mini_llm import backend, checkpoint
 from mini_llm.backend import array_module
-from mini_llm.model import attention, layers
+from mini_llm.model import attention, layers, row_kernels
 # TransformerConfig lives in config.py (checkpoint.py needs it without the model); it is
 # imported here too because `from mini_llm.model.transformer import TransformerConfig` is
 # how a model is built: config, then MiniTransformer(config)
@@ -150,41 +150,45 @@ class MiniTransformer:
             raise RuntimeError("backward needs a forward(ids, keep_cache=True) first")
         embed_cache, caches, norm_cache, head_cache = self._cache
         hidden_grads = hidden_grads or {}
-        g = self.grads
         dx, dhead = layers.linear_backward(dlogits, head_cache)
-        g[self.head_weight_name()] += dhead
+        self.accumulate(self.head_weight_name(), dhead)
         dx, dnorm = layers.rmsnorm_backward(dx, norm_cache)
-        g["model.norm.weight"] += dnorm
+        self.accumulate("model.norm.weight", dnorm)
         for i in reversed(range(self.config.num_layers)):
             if i + 1 in hidden_grads:
                 dx = dx + hidden_grads[i + 1]
             dx = self.block_backward(i, dx, caches[i])
         if 0 in hidden_grads:
             dx = dx + hidden_grads[0]
-        g["model.embed_tokens.weight"] += layers.embedding_backward(dx, embed_cache)
+        self.accumulate("model.embed_tokens.weight", layers.embedding_backward(dx, embed_cache))
+
+    def accumulate(self, name, d):
+        """grads[name] += d (row_kernels.add_into: in place, on every core)."""
+        row_kernels.add_into(self.grads[name], d)
 
     def block_backward(self, i, dx, cache):
         """Mirror of block_forward. The residual x + f(x) passes dx straight through and adds
-        f's input gradient, so each half is `dx = dx + d(sublayer input)`."""
+        f's input gradient, so each half is `dx += d(sublayer input)` (dx is this backward's
+        own array: adding in place is safe)."""
         norm1, attn, norm2, mlp = cache
-        g, pre = self.grads, f"model.layers.{i}."
+        pre = f"model.layers.{i}."
         dh, dw_gate, dw_up, dw_down = layers.swiglu_backward(dx, mlp)
-        g[pre + "mlp.gate_proj.weight"] += dw_gate
-        g[pre + "mlp.up_proj.weight"] += dw_up
-        g[pre + "mlp.down_proj.weight"] += dw_down
+        self.accumulate(pre + "mlp.gate_proj.weight", dw_gate)
+        self.accumulate(pre + "mlp.up_proj.weight", dw_up)
+        self.accumulate(pre + "mlp.down_proj.weight", dw_down)
         dx_norm, dw = layers.rmsnorm_backward(dh, norm2)
-        g[pre + "post_attention_layernorm.weight"] += dw
-        dx = dx + dx_norm
+        self.accumulate(pre + "post_attention_layernorm.weight", dw)
+        dx = row_kernels.add_into(dx, dx_norm)
         dh, dwq, dwk, dwv, dwo, dextra = attention.self_attention_backward(dx, attn)
-        g[pre + "self_attn.q_proj.weight"] += dwq
-        g[pre + "self_attn.k_proj.weight"] += dwk
-        g[pre + "self_attn.v_proj.weight"] += dwv
-        g[pre + "self_attn.o_proj.weight"] += dwo
+        self.accumulate(pre + "self_attn.q_proj.weight", dwq)
+        self.accumulate(pre + "self_attn.k_proj.weight", dwk)
+        self.accumulate(pre + "self_attn.v_proj.weight", dwv)
+        self.accumulate(pre + "self_attn.o_proj.weight", dwo)
         for name, d in dextra.items():             # Qwen2 biases, Qwen3 q/k norms
-            g[pre + "self_attn." + name] += d
+            self.accumulate(pre + "self_attn." + name, d)
         dx_norm, dw = layers.rmsnorm_backward(dh, norm1)
-        g[pre + "input_layernorm.weight"] += dw
-        return dx + dx_norm
+        self.accumulate(pre + "input_layernorm.weight", dw)
+        return row_kernels.add_into(dx, dx_norm)
 
     # ----- checkpoints -------------------------------------------------------------------
 
