@@ -13,9 +13,11 @@ rounds and the ratio to the 1-thread run. Policies:
   library defaults   what NumPy and Numba do alone: OpenBLAS threads spin ~2^28 cycles after a
                      matmul; Numba's OpenMP layer (its default here), whose threads spin too
   OpenBLAS timeout   OPENBLAS_THREAD_TIMEOUT=4: OpenBLAS threads sleep after 2^4 cycles
-  workqueue          NUMBA_THREADING_LAYER=workqueue: Numba's idle threads sleep
-  passive OpenMP     OMP_WAIT_POLICY=passive with the timeout: OpenMP threads sleep at once
-  the policy         timeout + workqueue (mini_llm/threads.py)
+  workqueue          NUMBA_THREADING_LAYER=workqueue: Numba's idle threads sleep (but two
+                     Python threads launching kernels at once abort the process)
+  workqueue + timeout  both of the above
+  the policy         OpenBLAS timeout + OMP_WAIT_POLICY=passive: OpenMP threads sleep at once;
+                     Numba's default layer (mini_llm/threads.py)
 """
 import argparse
 import json
@@ -27,13 +29,12 @@ import time
 from mini_llm.threads import POOL_SIZE_VARIABLES     # imports no NumPy: the children size their pools
 
 POLICIES = {
-    "1 thread (the policy)": (1, {"OPENBLAS_THREAD_TIMEOUT": "4", "NUMBA_THREADING_LAYER": "workqueue"}),
+    "1 thread (the policy)": (1, {"OPENBLAS_THREAD_TIMEOUT": "4", "OMP_WAIT_POLICY": "passive"}),
     "library defaults": (None, {"OPENBLAS_THREAD_TIMEOUT": "0", "NUMBA_THREADING_LAYER": "omp"}),
     "OpenBLAS timeout": (None, {"OPENBLAS_THREAD_TIMEOUT": "4", "NUMBA_THREADING_LAYER": "omp"}),
     "workqueue": (None, {"OPENBLAS_THREAD_TIMEOUT": "0", "NUMBA_THREADING_LAYER": "workqueue"}),
-    "passive OpenMP": (None, {"OPENBLAS_THREAD_TIMEOUT": "4", "NUMBA_THREADING_LAYER": "omp",
-                              "OMP_WAIT_POLICY": "passive"}),
-    "the policy": (None, {"OPENBLAS_THREAD_TIMEOUT": "4", "NUMBA_THREADING_LAYER": "workqueue"}),
+    "workqueue + timeout": (None, {"OPENBLAS_THREAD_TIMEOUT": "4", "NUMBA_THREADING_LAYER": "workqueue"}),
+    "the policy": (None, {"OPENBLAS_THREAD_TIMEOUT": "4", "OMP_WAIT_POLICY": "passive"}),
 }
 
 
@@ -76,7 +77,8 @@ def worker(args):
 def run_policy(name, args):
     threads, settings = POLICIES[name]
     threads = threads or args.threads
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT", "NUMBA_THREADING_LAYER")}
     env.update(settings)
     env.update({var: str(threads) for var in POOL_SIZE_VARIABLES})
     command = [sys.executable, __file__, "--worker", "--threads", str(threads), "--steps", str(args.steps)]

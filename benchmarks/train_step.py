@@ -15,8 +15,8 @@ a band mask, torch.optim.AdamW), loaded with our weights (benchmarks/train_step_
 Processes: for each thread count N, --rounds rounds of: our worker, then PyTorch's worker, each
 a fresh `python benchmarks/train_step.py --worker ours|torch --threads N` whose environment has
 OPENBLAS_NUM_THREADS = OMP_NUM_THREADS = MKL_NUM_THREADS = NUMBA_NUM_THREADS = N before it
-imports NumPy, plus the library's spin settings (mini_llm/threads.py's pin_environment, as train.py
-runs). So one framework's thread pool never spins while the other computes, and a slow patch of
+imports NumPy; ours also with the library's spin settings (mini_llm/threads.py, as train.py
+runs), PyTorch without them (its OpenMP pool spins by default, as its users run it). So one framework's thread pool never spins while the other computes, and a slow patch of
 the machine hits both (alternating rounds). A worker: builds the model from seed 0,
 trains 3 steps on the same batch (the loss check; also the warm-up), --warmup more untimed
 steps, then --steps timed ones. The tables show medians over all rounds' timed steps.
@@ -98,7 +98,7 @@ def parse_args():
 
 def start_worker(framework, threads, args, extras):
     """Run one worker process with its thread pools sized by the environment; its JSON line."""
-    env = dict(os.environ, **{var: str(threads) for var in thread_policy.POOL_SIZE_VARIABLES})
+    env = thread_policy.child_environment(threads, spin=framework == "ours")  # torch: its own defaults
     cmd = [sys.executable, __file__, "--worker", framework, "--threads", str(threads),
            "--batch", str(args.batch), "--warmup", str(args.warmup), "--steps", str(args.steps),
            "--profile_steps", str(args.profile_steps), "--loop_steps", str(args.loop_steps)]
@@ -240,7 +240,8 @@ def main(args):
 if __name__ == "__main__":
     ARGS = parse_args()
     if ARGS.worker:                 # the pools are sized when NumPy and Numba load: set them first
-        thread_policy.pin_environment(ARGS.threads[0])      # and the library's spin settings
+        # ours with the library's spin settings (as train.py runs); torch as its users run it
+        thread_policy.pin_environment(ARGS.threads[0], spin=ARGS.worker == "ours")
         import train_step_worker    # beside this script: `python benchmarks/X.py` puts benchmarks/ on the path
         train_step_worker.run(ARGS.worker, ARGS.threads[0], ARGS.batch, ARGS.warmup, ARGS.steps,
                               ARGS.profile_steps if ARGS.extras else 0, ARGS.loop_steps if ARGS.extras else 0)

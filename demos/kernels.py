@@ -8,9 +8,9 @@
    difference of the outputs, then median times and the ratio, measured in the same run.
 2. BPE training (tokenizer/byte_bpe.py). The reference `get_pair_counts` counts every
    adjacent pair in plain Python; `train_reference` recounts everything after each merge. The
-   Numba path (`bpe_kernels.new_train_state` + `train_init`, then `train_fast`) counts once
-   into hash tables and afterwards only updates the words a merge touches. Same counts, same
-   merges, and the table says where the speed comes from (and where there is none).
+   Numba path (`bpe_train_kernels.new_train_state` + `train_init`, then `train_fast`) counts
+   once into hash tables and afterwards only updates the occurrences a merge touches. Same
+   counts, same merges, and the table says where the speed comes from (and where there is none).
 The first kernel call includes Numba's compile (or loading it from the on-disk cache); it is
 timed apart and left out of the medians.
 """
@@ -25,7 +25,7 @@ import regex
 
 from mini_llm.model.attention import attention_reference_forward
 from mini_llm.model.kernels import sliding_window_attention_forward
-from tokenizer import bpe_kernels
+from tokenizer import bpe_train_kernels
 from tokenizer.bpe_tokenizer import PATTERNS, split_isolated
 from tokenizer.byte_bpe import get_pair_counts, train_fast, train_reference
 from training.data import load_texts
@@ -77,8 +77,8 @@ def corpus_words(path):
 
 def numba_pair_counts(words, counts):
     """{(a, b): count} from the Numba trainer's initial state."""
-    state = bpe_kernels.new_train_state(words, counts)
-    bpe_kernels.train_init(state)
+    state = bpe_train_kernels.new_train_state(words, counts)
+    bpe_train_kernels.train_init(state)
     n = int(state.sizes[0])
     return dict(zip(zip(state.pair_a[:n].tolist(), state.pair_b[:n].tolist()), state.pair_count[:n].tolist()))
 

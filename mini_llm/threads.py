@@ -9,10 +9,11 @@ benchmarks/RESULTS.md):
 
   - one thread count for every pool: `set_threads(n)` (train.py, evaluate.py, generate.py and
     the benchmarks take it as --threads; default: every core this process may use);
-  - OpenBLAS's threads go to sleep almost at once after a matmul (OPENBLAS_THREAD_TIMEOUT=4,
-    2^4 cycles instead of about 2^28) and Numba runs on its `workqueue` layer, whose idle
-    threads sleep instead of spinning (its OpenMP layer spins, and so would NumPy's OpenBLAS
-    against it).
+  - idle threads sleep instead of spinning: OpenBLAS's after 2^4 cycles instead of about 2^28
+    (OPENBLAS_THREAD_TIMEOUT=4), OpenMP's (Numba's default layer on Linux) at once
+    (OMP_WAIT_POLICY=passive). Numba's `workqueue` layer sleeps too and measured the same, but
+    two Python threads launching kernels at once abort the process on it; the OpenMP layer
+    takes that.
 
 Pool sizes can change at run time (threadpoolctl for BLAS and OpenMP, numba.set_num_threads),
 but the spin settings are read once, when the libraries load. So `import mini_llm` writes them
@@ -23,7 +24,7 @@ This module imports neither NumPy nor Numba at its top, so that it can run befor
 import os
 import sys
 
-SPIN_SETTINGS = {"OPENBLAS_THREAD_TIMEOUT": "4", "NUMBA_THREADING_LAYER": "workqueue"}
+SPIN_SETTINGS = {"OPENBLAS_THREAD_TIMEOUT": "4", "OMP_WAIT_POLICY": "passive"}
 POOL_SIZE_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
@@ -34,22 +35,42 @@ def available_cores():
     return os.cpu_count() or 1
 
 
+_SET_HERE = set()        # the spin settings this process wrote (not the user's)
+
+
 def prepare_environment():
     """Before NumPy and Numba load: their spin settings (SPIN_SETTINGS) as defaults of the
     environment. Returns False, changing nothing, when NumPy is loaded already."""
     if "numpy" in sys.modules:
         return False
     for name, value in SPIN_SETTINGS.items():
-        os.environ.setdefault(name, value)
+        if name not in os.environ:
+            os.environ[name] = value
+            _SET_HERE.add(name)
     return True
 
 
-def pin_environment(threads):
+def child_environment(threads, spin=True):
+    """The environment for a benchmark's worker process: every pool sized to `threads`, and
+    the spin settings when it runs our code (spin=True); for another framework (spin=False)
+    without the ones this process added, so that it runs as its own users run it."""
+    env = {k: v for k, v in os.environ.items() if spin or k not in _SET_HERE}
+    env.update({name: str(threads) for name in POOL_SIZE_VARIABLES})
+    return env
+
+
+def pin_environment(threads, spin=True):
     """For a process that must start with `threads` everywhere (a benchmark's worker): every
-    pool's size in the environment, before NumPy loads, plus the spin settings."""
+    pool's size in the environment, before NumPy loads, with our spin settings (spin=True) or
+    without the ones `import mini_llm` added (spin=False: another framework's worker)."""
     for name in POOL_SIZE_VARIABLES:
         os.environ[name] = str(threads)
-    prepare_environment()
+    if spin:
+        prepare_environment()
+    else:
+        for name in _SET_HERE:
+            os.environ.pop(name, None)
+        _SET_HERE.clear()
 
 
 def check_threads(threads):
@@ -87,5 +108,8 @@ def describe():
     import numba
     from threadpoolctl import threadpool_info
     pools = ", ".join(f"{p['internal_api']} {p['num_threads']}" for p in threadpool_info())
-    layer = os.environ.get("NUMBA_THREADING_LAYER", "default")
+    try:
+        layer = numba.threading_layer()          # known once a parallel kernel has run
+    except ValueError:
+        layer = os.environ.get("NUMBA_THREADING_LAYER", "default")
     return f"threads: numba {numba.get_num_threads()} ({layer} layer), {pools}"

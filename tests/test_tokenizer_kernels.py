@@ -1,6 +1,6 @@
 """The Numba fast path against the plain-Python reference.
 
-Training: `train_fast` (incremental pair counts, bpe_kernels.py) must learn
+Training: `train_fast` (incremental pair counts, bpe_train_kernels.py) must learn
 exactly the merges of `train_reference` (recount every step), ties included:
 on real English text, and trained to exhaustion on tiny texts where ties and
 overlapping pairs ("aaaa") are everywhere. Encoding: the `encode_chunks`

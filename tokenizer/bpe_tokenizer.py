@@ -16,6 +16,8 @@ How it works (GPT-2 style byte-level BPE):
      (256, 257, ...); encoding replays those merges by rank on each chunk.
      Steps 3 and 4 are `byte_bpe.py`, ties included (highest count, then the
      smallest pair).
+  Encoding with the built-in GPT-2 / GPT-4 patterns runs steps 2-4 in Numba on
+  many threads (`pretokenize_kernels.py`), with the same ids as `regex` + step 1.
 
 Ids: bytes 0..255, then merges, then special tokens. Saved as a Hugging Face
 `tokenizer.json` (see `hf_format.py`). The encoder never adds BOS/EOS on its
@@ -36,9 +38,10 @@ import numpy as np
 import regex
 from tqdm import tqdm
 
-from tokenizer import byte_bpe, hf_format, hf_pipeline, sentencepiece_bpe
-from tokenizer.byte_bpe import render_token, train_fast, train_reference
+from tokenizer import bpe_train_kernels, byte_bpe, count_kernels, hf_format, hf_pipeline, sentencepiece_bpe
+from tokenizer.byte_bpe import render_token, train_reference
 from tokenizer.hf_pipeline import GPT2_PATTERN, GPT4_PATTERN, PREFIX_SPACE
+from tokenizer import pretokenize_kernels
 
 PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
 DEFAULT_SPECIAL_TOKENS = ("<|endoftext|>", "<pad>", "<bos>", "<eos>")
@@ -50,6 +53,9 @@ ROLE_CANDIDATES = {  # the first one present names bos / eos / pad
 ALLOWED_SPECIAL_MODES = ("all", "none", "none_raise")
 BIG_CORPUS_CHARS = 1_000_000  # above this, train shows a progress bar
 CACHE_LIMIT = 1 << 18         # chunk cache entries before it is cleared
+GROUP_CHARS = 1 << 22         # characters per call of the threaded encoder (20-40 bytes each)
+FAST_PATTERNS = {GPT2_PATTERN: pretokenize_kernels.GPT2, GPT4_PATTERN: pretokenize_kernels.GPT4}
+DEFAULT_FLAGS = regex.compile("").flags  # a pattern compiled with no flags given has these
 
 
 # ----------------------------------------------------------------------------
@@ -68,6 +74,44 @@ def split_isolated(pattern, text):
         pieces.append(match.group())
         end = match.end()
     return pieces + ([text[end:]] if end < len(text) else [])
+
+
+LETTER_END = regex.compile(r"\p{L}(?=\P{L})")  # a letter, and a non-letter after it
+
+
+def cut_long(text, size):
+    """Cut text into parts of about `size` characters, each cut just after a letter that a
+    non-letter follows: a chunk of the GPT-2 / GPT-4 patterns always ends there
+    (pretokenize_kernels.py), so the parts encode to the ids of the whole.
+
+    >>> cut_long("one two three", 5)
+    ['one two', ' three']
+    """
+    parts, start = [], 0
+    while len(text) - start > size:
+        match = LETTER_END.search(text, start + size - 1)
+        if match is None:
+            break
+        parts.append(text[start:match.end()])
+        start = match.end()
+    return parts + [text[start:]]
+
+
+def groups_of(pieces, size):
+    """Consecutive groups of pieces, each about `size` characters (one longer piece alone).
+
+    >>> list(groups_of(["ab", "c", "defg", "h"], 3))
+    [['ab', 'c'], ['defg'], ['h']]
+    """
+    group, chars = [], 0
+    for piece in pieces:
+        if group and chars + len(piece) > size:
+            yield group
+            group, chars = [], 0
+        group.append(piece)
+        chars += len(piece)
+    if group:
+        yield group
 
 
 # ----------------------------------------------------------------------------
@@ -229,7 +273,9 @@ class BPETokenizer:
         """Learn merges from `texts` (a list of strings, or one string).
 
         verbose prints one line per merge; otherwise a progress bar shows on big
-        corpora. reference=True runs the plain-Python loop instead of Numba.
+        corpora. reference=True runs the plain-Python loop instead of Numba, on chunks
+        that `regex` cuts (`_count_chunks`); the fast path counts them with Numba where it
+        can (`_count_chunks_packed`). Both use numba.get_num_threads() threads.
         """
         if self.byte_fallback:
             raise ValueError("train(): this is a SentencePiece-style (byte_fallback) tokenizer; "
@@ -237,11 +283,14 @@ class BPETokenizer:
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts:
             raise ValueError("train(): the list of texts is empty")
-        word_counts = self._count_chunks(texts)
-        if not word_counts:
+        if reference:
+            word_counts = self._count_chunks(texts)
+            words = [list(w.encode("utf-8")) for w in word_counts]   # byte ids, as lists
+            counts = list(word_counts.values())
+        else:
+            words, counts = self._count_chunks_packed(texts)        # packed arrays
+        if not len(counts):
             raise ValueError("train(): the texts hold no characters to learn from")
-        words = [list(w.encode("utf-8")) for w in word_counts]
-        counts = list(word_counts.values())
         specials = list(self.special_tokens)
         num_merges = self.requested_vocab_size - 256 - len(specials)
 
@@ -258,8 +307,10 @@ class BPETokenizer:
             elif bar:
                 bar.update()
 
-        learn = train_reference if reference else train_fast
-        pairs = learn(words, counts, num_merges, on_merge=on_merge)
+        if reference:
+            pairs = train_reference(words, counts, num_merges, on_merge=on_merge)
+        else:
+            pairs = byte_bpe.train_packed(*words, counts, num_merges, on_merge=on_merge)
         if bar:
             bar.close()
         merges = [(a, b, 256 + m) for m, (a, b) in enumerate(pairs)]
@@ -283,7 +334,45 @@ class BPETokenizer:
                 counter.update(self._pretokenize(self._normalize(piece)))
         return counter
 
+    def _count_chunks_packed(self, texts):
+        """`_count_chunks` as arrays, ((data, bounds), counts): chunk k is the UTF-8 bytes
+        data[bounds[k]:bounds[k+1]], seen counts[k] times (`bpe_train_kernels.pack_words`).
+
+        With a built-in pattern (`_fast_pattern`) Numba cuts and counts the chunks on all
+        threads (`count_kernels.chunk_pieces`, then `unique_words`), about GROUP_CHARS
+        characters per call; any other pre-tokenizer goes through `_count_chunks`.
+        """
+        pattern = self._fast_pattern()
+        if pattern is None:
+            counter = self._count_chunks(texts)
+            return bpe_train_kernels.pack_words([w.encode("utf-8") for w in counter]), \
+                np.fromiter(counter.values(), np.int64, len(counter))
+        special = self._special_regex(frozenset(self.special_tokens))
+        pieces = []
+        for text in texts:
+            if not isinstance(text, str):
+                raise TypeError(f"train(): texts must be str, got {type(text).__name__}")
+            parts = special.split(text)[::2] if special else [text]   # odd parts: specials
+            pieces += [self._normalize(part) for part in parts if part]
+        groups = []
+        for group in groups_of(pieces, GROUP_CHARS):
+            try:
+                cps = np.frombuffer("".join(group).encode("utf-32-le"), np.uint32)  # (N,)
+            except UnicodeEncodeError as e:
+                raise ValueError(f"train(): text holds {e.object[e.start]!r}, a lone "
+                                 "surrogate, which is not valid Unicode") from None
+            bounds = np.fromiter(itertools.accumulate(map(len, group), initial=0), np.int64,
+                                 len(group) + 1)          # piece k: cps[bounds[k]:bounds[k+1]]
+            groups.append(count_kernels.count_pieces(cps, bounds, pattern))
+        return count_kernels.merge_counts(groups)
+
     # --- encoding --------------------------------------------------------
+    # Two paths give the same ids. The threaded one: the built-in GPT-2 / GPT-4 regex, written
+    # out in Numba, and BPE, on all of Numba's threads (`pretokenize_kernels.py`). The
+    # reference: `regex` cuts chunks, one Python string each, and each new chunk is merged
+    # once, then read from the chunk cache; any other pre-tokenizer goes this way.
+
+    fast_encode = True  # False: always the reference path (tests compare the two)
 
     def encode(self, text, allowed_special="all"):
         """Text -> token ids. No BOS/EOS is added.
@@ -293,33 +382,101 @@ class BPETokenizer:
           "none"        it is ordinary text, encoded byte by byte like the rest;
           "none_raise"  it raises ValueError (for untrusted text);
           a set of special token strings: only those become ids, the rest is text.
+        A long text is shared out to Numba's threads (numba.get_num_threads()).
         """
-        if not isinstance(text, str):
-            raise TypeError(f"encode() expects str, got {type(text).__name__}")
+        return self._encode_texts([text], allowed_special)[0]
+
+    def encode_batch(self, texts, allowed_special="all"):
+        """List of texts -> list of id lists, as encode() gives each. The texts are encoded
+        together: on the threaded path they share Numba's threads, on the reference path
+        the chunk cache."""
+        return self._encode_texts(list(texts), allowed_special)
+
+    def _encode_texts(self, texts, allowed_special):
+        """Cut the special tokens out of each text, encode the ordinary pieces between them
+        (all of them at once on the threaded path), and put each text's ids back in order."""
         special = self._special_regex(self._allowed_specials(allowed_special))
-        if allowed_special == "none_raise":
-            found = self._special_regex(frozenset(self.special_tokens))
+        found = self._special_regex(frozenset(self.special_tokens)) \
+            if allowed_special == "none_raise" else None
+        pattern = self._fast_pattern()
+        layouts, pieces = [], []   # per text: its special ids, None where a piece goes
+        for text in texts:
+            if not isinstance(text, str):
+                raise TypeError(f"encode() expects str, got {type(text).__name__}")
             match = found.search(text) if found else None
             if match:
                 raise ValueError(f"encode(): text holds special token {match.group()!r} at "
                                  f"index {match.start()} and allowed_special='none_raise'")
+            parts = special.split(text) if special else [text]   # odd parts: special tokens
+            layout = []
+            for k, part in enumerate(parts):
+                if k % 2:
+                    layout.append(self.special_tokens[part])
+                elif part and pattern is None:   # the reference path, piece by piece
+                    layout.append(self._encode_ordinary(part, [], first=k == 0))
+                elif part:
+                    layout.append(None)
+                    pieces.append(self._normalize(part))
+            layouts.append(layout)
+        encoded = iter(self._encode_pieces(pieces, pattern) if pieces else ())
+        return [self._assemble(layout, encoded) for layout in layouts]
+
+    @staticmethod
+    def _assemble(layout, encoded):
+        """One text's ids: special ids as they are, ints; id lists (a piece's ids) joined;
+        None takes the next list from `encoded`."""
+        if len(layout) == 1 and not isinstance(layout[0], int):   # the usual: one piece
+            return next(encoded) if layout[0] is None else layout[0]
         ids = []
-        if special is None:
-            self._encode_ordinary(text, ids)
-            return ids
-        for k, piece in enumerate(special.split(text)):
-            if k % 2:
-                ids.append(self.special_tokens[piece])
-            elif piece:
-                self._encode_ordinary(piece, ids, first=k == 0)
+        for item in layout:
+            if isinstance(item, int):
+                ids.append(item)
+            else:
+                ids.extend(next(encoded) if item is None else item)
         return ids
 
-    def encode_batch(self, texts, allowed_special="all"):
-        """List of texts -> list of id lists (the chunk cache is shared across them)."""
-        return [self.encode(text, allowed_special) for text in texts]
+    def _fast_pattern(self):
+        """The threaded path's matcher (pretokenize_kernels.GPT2 / GPT4) when the
+        pre-tokenizer is exactly that one built-in regex on byte-level BPE, else None."""
+        if not self.fast_encode or self.byte_fallback or self.ignore_merges \
+                or len(self._steps) != 1 or not isinstance(self._steps[0], regex.Pattern):
+            return None
+        step = self._steps[0]
+        return FAST_PATTERNS.get(step.pattern) if step.flags == DEFAULT_FLAGS else None
+
+    def _encode_pieces(self, pieces, pattern):
+        """Ordinary texts (no special tokens, normalized) -> one id list each, by
+        `pretokenize_kernels.encode`, about GROUP_CHARS characters per call (a longer text
+        is cut where `cut_long` may)."""
+        parts, owner = [], []                          # part j belongs to piece owner[j]
+        for k, piece in enumerate(pieces):
+            for part in cut_long(piece, GROUP_CHARS) if len(piece) > GROUP_CHARS else [piece]:
+                parts.append(part)
+                owner.append(k)
+        encoded = []
+        for group in groups_of(parts, GROUP_CHARS):
+            try:
+                cps = np.frombuffer("".join(group).encode("utf-32-le"), np.uint32)  # (N,)
+            except UnicodeEncodeError as e:
+                raise ValueError(f"encode(): text holds {e.object[e.start]!r}, a lone "
+                                 "surrogate, which is not valid Unicode") from None
+            bounds = np.fromiter(itertools.accumulate(map(len, group), initial=0), np.int64,
+                                 len(group) + 1)          # part k: cps[bounds[k]:bounds[k+1]]
+            ids, id_bounds = pretokenize_kernels.encode(cps, bounds, pattern, self._byte_ids,
+                                                        self._merge_table)
+            ids, id_bounds = ids.tolist(), id_bounds.tolist()
+            encoded += [ids] if len(group) == 1 else \
+                [ids[id_bounds[k]:id_bounds[k + 1]] for k in range(len(group))]
+        if len(parts) == len(pieces):
+            return encoded
+        result = [[] for _ in pieces]
+        for k, ids in zip(owner, encoded):
+            result[k].extend(ids)
+        return result
 
     def _encode_ordinary(self, text, ids, first=True):
-        """Append the ids of text (special tokens already cut out) to `ids`."""
+        """The reference path: append the ids of text (special tokens already cut out) to
+        `ids`, and return it. New chunks are merged once, then read from the cache."""
         chunks = self._pretokenize(self._normalize(text), first)
         cache, unique = self._cache, set(chunks)
         new = [c for c in unique if c not in cache]
@@ -329,6 +486,7 @@ class BPETokenizer:
         if new:
             cache.update(zip(new, self._encode_chunks(new)))
         ids.extend(itertools.chain.from_iterable(map(cache.__getitem__, chunks)))
+        return ids
 
     def _encode_chunks(self, chunks):
         """Chunks -> list of id tuples, by the Numba kernel (ignore_merges first, if set)."""

@@ -18,18 +18,19 @@ Wikipedia example, three merges on "aaabdaaabac":
 Ties: when pairs have the same count, the pair (a, b) that is smallest in id
 order, first by a, then by b, is merged. The readable reference
 (`train_reference`) and the Numba path (`train_fast`, kernels in
-`bpe_kernels.py`) both do this, and `tests/test_tokenizer_kernels.py` checks
-that they produce the same merges. Hugging Face's trainer may break ties
-differently. What we match with `tokenizers` is loading the same tokenizer.json
-and getting the same ids.
+`bpe_train_kernels.py`) both do this, and `tests/test_tokenizer_kernels.py` and
+`tests/test_bpe_training_threads.py` check that they produce the same merges.
+Hugging Face's trainer may break ties differently. What we match with
+`tokenizers` is loading the same tokenizer.json and getting the same ids.
 """
 import collections
 import unicodedata
 
+import numba
 import numpy as np
 
 from mini_llm.progress import warm_up
-from tokenizer import bpe_kernels
+from tokenizer import bpe_kernels, bpe_train_kernels, pretokenize_kernels
 
 
 # ----------------------------------------------------------------------------
@@ -121,23 +122,40 @@ def render_token(token):
 
 
 # ----------------------------------------------------------------------------
-# The fast path: the same results from the Numba kernels in bpe_kernels.py
+# The fast path: the same results from the Numba kernels in bpe_train_kernels.py
+# (training) and bpe_kernels.py (encoding)
 
 def train_fast(words, counts, num_merges, first_id=256, on_merge=None):
     """Same result as `train_reference`, with Numba kernels and incremental pair counts.
 
-    The kernel runs 256 merges per call; on_merge is then called for each.
+    words: lists of ids (or byte strings). See `train_packed` for the arrays it becomes.
+    """
+    symbols, bounds = bpe_train_kernels.pack_words(words)
+    return train_packed(symbols, bounds, counts, num_merges, first_id, on_merge)
+
+
+def train_packed(symbols, bounds, counts, num_merges, first_id=256, on_merge=None,
+                 block_windows=bpe_train_kernels.BLOCK_WINDOWS):
+    """`train_fast` on packed words: word k is symbols[bounds[k]:bounds[k+1]], counts[k] times.
+
+    The kernel runs 256 merges per call; on_merge is then called for each. A merge step
+    with many windows shares them out to Numba's threads (numba.get_num_threads()), at
+    least block_windows windows each (tests make it tiny, to use threads on tiny words).
     """
     # the first call compiles the kernels on a 2-byte word (the nested call returns at once)
     warm_up("bpe train", "BPE training kernels", lambda: train_fast([[97, 98]], [1], 1))
-    state = bpe_kernels.new_train_state(words, counts)
-    bpe_kernels.train_init(state)
+    n_tokens = max(first_id + num_merges, int(np.max(symbols, initial=0)) + 1)
+    state = bpe_train_kernels.packed_state(symbols, bounds, counts, n_tokens)
+    bpe_train_kernels.train_init(state)
     merges = np.zeros((num_merges, 2), np.int64)
     merge_counts = np.zeros(num_merges, np.int64)
     done = 0
     while done < num_merges:
         stop = min(done + 256, num_merges)
-        reached = bpe_kernels.train_merges(state, first_id, done, stop, merges, merge_counts)
+        with pretokenize_kernels.LAUNCH_LOCK:   # one parallel kernel at a time (workqueue)
+            reached = bpe_train_kernels.train_merges(state, first_id, done, stop, merges,
+                                                     merge_counts, numba.get_num_threads(),
+                                                     block_windows)
         for m in range(done, reached) if on_merge else ():
             on_merge(m, tuple(merges[m].tolist()), int(merge_counts[m]))
         done = reached
