@@ -184,3 +184,11 @@ def test_add_into_adds_in_place_and_falls_back_to_numpy():
     np.testing.assert_array_equal(row_kernels.add_into(view, x), x)
     broadcast = np.zeros((5, 6))
     np.testing.assert_array_equal(row_kernels.add_into(broadcast, np.ones(6)), np.ones((5, 6)))
+
+
+def test_cross_entropy_kernel_refuses_a_target_outside_the_vocabulary():
+    """The kernel reads logits[n, target] without a bounds check, so the wrapper checks first."""
+    from tests.errors import one_line_error
+    logits = np.zeros((1, 2, 5), np.float32)
+    one_line_error(lambda: row_kernels.cross_entropy_forward(logits, np.array([[1, 5]])), "target id 5", "size 5")
+    one_line_error(lambda: row_kernels.cross_entropy_forward(logits, np.array([[-3, 0]])), "target id -3")

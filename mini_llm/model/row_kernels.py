@@ -362,6 +362,9 @@ def cross_entropy_forward(logits, targets, ignore_index=-100):
     z = _rows(logits)
     t = targets.reshape(-1).astype(np.int64)
     t = np.where(t == ignore_index, -1, t)
+    if t.size and (t.max() >= z.shape[1] or t.min() < -1):     # the kernel reads z[n, t] unchecked
+        bad = int(t.max()) if t.max() >= z.shape[1] else int(t.min())
+        raise ValueError(f"target id {bad} is outside the vocabulary (size {z.shape[1]})")
     exp_shifted, row_sum, row_loss = np.empty_like(z), np.empty(z.shape[0]), np.empty(z.shape[0])
     _cross_entropy_forward(z, t, exp_shifted, row_sum, row_loss)
     count = max(int((t >= 0).sum()), 1)
