@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import regex
 
-from tokenizer import bpe_tokenizer, pretokenize_kernels as pk
+from tokenizer import bpe_tokenizer, pretokenize_kernels as pk, threaded_path
 from tokenizer.bpe_tokenizer import BPETokenizer
 from tokenizer.hf_pipeline import GPT2_PATTERN, GPT4_PATTERN
 
@@ -126,13 +126,13 @@ def test_segment_size_does_not_change_ids(tok, target):
 
 @pytest.mark.parametrize("group", [1, 40, 5000])
 def test_texts_cut_into_groups_give_the_same_ids(tok, monkeypatch, group):
-    """Texts longer than GROUP_CHARS are cut (bpe_tokenizer.cut_long), the rest grouped."""
+    """Texts longer than GROUP_CHARS are cut (threaded_path.cut_long), the rest grouped."""
     texts = [mixed_text(6), "", "word", mixed_text(7, 300), "x" * 100 + " y"]
     expected = [reference_of(tok).encode(t) for t in texts]
-    monkeypatch.setattr(bpe_tokenizer, "GROUP_CHARS", group)
+    monkeypatch.setattr(threaded_path, "GROUP_CHARS", group)
     assert tok.encode_batch(texts) == expected
     assert [tok.encode(t) for t in texts] == expected
-    assert bpe_tokenizer.cut_long("one two three", 5) == ["one two", " three"]
+    assert threaded_path.cut_long("one two three", 5) == ["one two", " three"]
 
 
 # ----------------------------------------------------------------------------

@@ -10,6 +10,7 @@
   bpe_train_kernels.py    ... and of training: merges that touch only their pair's occurrences
   pretokenize_kernels.py  the GPT-2 / GPT-4 pre-tokenizer patterns as Numba matchers, on all threads
   count_kernels.py        counting a corpus's chunks with those matchers
+  threaded_path.py        BPETokenizer's way to those kernels: texts in groups of code points
   demo_bpe.py             runnable: watch the merges happen, one line per merge
 """
 from tokenizer.bpe_tokenizer import BPETokenizer

@@ -38,10 +38,10 @@ import numpy as np
 import regex
 from tqdm import tqdm
 
-from tokenizer import bpe_train_kernels, byte_bpe, count_kernels, hf_format, hf_pipeline, sentencepiece_bpe
+from tokenizer import (bpe_train_kernels, byte_bpe, hf_format, hf_pipeline, pretokenize_kernels,
+                       sentencepiece_bpe, threaded_path)
 from tokenizer.byte_bpe import render_token, train_reference
 from tokenizer.hf_pipeline import GPT2_PATTERN, GPT4_PATTERN, PREFIX_SPACE
-from tokenizer import pretokenize_kernels
 
 PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
 DEFAULT_SPECIAL_TOKENS = ("<|endoftext|>", "<pad>", "<bos>", "<eos>")
@@ -53,7 +53,6 @@ ROLE_CANDIDATES = {  # the first one present names bos / eos / pad
 ALLOWED_SPECIAL_MODES = ("all", "none", "none_raise")
 BIG_CORPUS_CHARS = 1_000_000  # above this, train shows a progress bar
 CACHE_LIMIT = 1 << 18         # chunk cache entries before it is cleared
-GROUP_CHARS = 1 << 22         # characters per call of the threaded encoder (20-40 bytes each)
 FAST_PATTERNS = {GPT2_PATTERN: pretokenize_kernels.GPT2, GPT4_PATTERN: pretokenize_kernels.GPT4}
 DEFAULT_FLAGS = regex.compile("").flags  # a pattern compiled with no flags given has these
 
@@ -74,44 +73,6 @@ def split_isolated(pattern, text):
         pieces.append(match.group())
         end = match.end()
     return pieces + ([text[end:]] if end < len(text) else [])
-
-
-LETTER_END = regex.compile(r"\p{L}(?=\P{L})")  # a letter, and a non-letter after it
-
-
-def cut_long(text, size):
-    """Cut text into parts of about `size` characters, each cut just after a letter that a
-    non-letter follows: a chunk of the GPT-2 / GPT-4 patterns always ends there
-    (pretokenize_kernels.py), so the parts encode to the ids of the whole.
-
-    >>> cut_long("one two three", 5)
-    ['one two', ' three']
-    """
-    parts, start = [], 0
-    while len(text) - start > size:
-        match = LETTER_END.search(text, start + size - 1)
-        if match is None:
-            break
-        parts.append(text[start:match.end()])
-        start = match.end()
-    return parts + [text[start:]]
-
-
-def groups_of(pieces, size):
-    """Consecutive groups of pieces, each about `size` characters (one longer piece alone).
-
-    >>> list(groups_of(["ab", "c", "defg", "h"], 3))
-    [['ab', 'c'], ['defg'], ['h']]
-    """
-    group, chars = [], 0
-    for piece in pieces:
-        if group and chars + len(piece) > size:
-            yield group
-            group, chars = [], 0
-        group.append(piece)
-        chars += len(piece)
-    if group:
-        yield group
 
 
 # ----------------------------------------------------------------------------
@@ -339,8 +300,8 @@ class BPETokenizer:
         data[bounds[k]:bounds[k+1]], seen counts[k] times (`bpe_train_kernels.pack_words`).
 
         With a built-in pattern (`_fast_pattern`) Numba cuts and counts the chunks on all
-        threads (`count_kernels.chunk_pieces`, then `unique_words`), about GROUP_CHARS
-        characters per call; any other pre-tokenizer goes through `_count_chunks`.
+        threads (`count_kernels.chunk_pieces`, then `unique_words`), about
+        threaded_path.GROUP_CHARS characters per call; any other pre-tokenizer goes through `_count_chunks`.
         """
         pattern = self._fast_pattern()
         if pattern is None:
@@ -354,17 +315,7 @@ class BPETokenizer:
                 raise TypeError(f"train(): texts must be str, got {type(text).__name__}")
             parts = special.split(text)[::2] if special else [text]   # odd parts: specials
             pieces += [self._normalize(part) for part in parts if part]
-        groups = []
-        for group in groups_of(pieces, GROUP_CHARS):
-            try:
-                cps = np.frombuffer("".join(group).encode("utf-32-le"), np.uint32)  # (N,)
-            except UnicodeEncodeError as e:
-                raise ValueError(f"train(): text holds {e.object[e.start]!r}, a lone "
-                                 "surrogate, which is not valid Unicode") from None
-            bounds = np.fromiter(itertools.accumulate(map(len, group), initial=0), np.int64,
-                                 len(group) + 1)          # piece k: cps[bounds[k]:bounds[k+1]]
-            groups.append(count_kernels.count_pieces(cps, bounds, pattern))
-        return count_kernels.merge_counts(groups)
+        return threaded_path.count_chunks(pieces, pattern)
 
     # --- encoding --------------------------------------------------------
     # Two paths give the same ids. The threaded one: the built-in GPT-2 / GPT-4 regex, written
@@ -445,34 +396,9 @@ class BPETokenizer:
         return FAST_PATTERNS.get(step.pattern) if step.flags == DEFAULT_FLAGS else None
 
     def _encode_pieces(self, pieces, pattern):
-        """Ordinary texts (no special tokens, normalized) -> one id list each, by
-        `pretokenize_kernels.encode`, about GROUP_CHARS characters per call (a longer text
-        is cut where `cut_long` may)."""
-        parts, owner = [], []                          # part j belongs to piece owner[j]
-        for k, piece in enumerate(pieces):
-            for part in cut_long(piece, GROUP_CHARS) if len(piece) > GROUP_CHARS else [piece]:
-                parts.append(part)
-                owner.append(k)
-        encoded = []
-        for group in groups_of(parts, GROUP_CHARS):
-            try:
-                cps = np.frombuffer("".join(group).encode("utf-32-le"), np.uint32)  # (N,)
-            except UnicodeEncodeError as e:
-                raise ValueError(f"encode(): text holds {e.object[e.start]!r}, a lone "
-                                 "surrogate, which is not valid Unicode") from None
-            bounds = np.fromiter(itertools.accumulate(map(len, group), initial=0), np.int64,
-                                 len(group) + 1)          # part k: cps[bounds[k]:bounds[k+1]]
-            ids, id_bounds = pretokenize_kernels.encode(cps, bounds, pattern, self._byte_ids,
-                                                        self._merge_table)
-            ids, id_bounds = ids.tolist(), id_bounds.tolist()
-            encoded += [ids] if len(group) == 1 else \
-                [ids[id_bounds[k]:id_bounds[k + 1]] for k in range(len(group))]
-        if len(parts) == len(pieces):
-            return encoded
-        result = [[] for _ in pieces]
-        for k, ids in zip(owner, encoded):
-            result[k].extend(ids)
-        return result
+        """Ordinary texts (no special tokens, normalized) -> one id list each, on all
+        threads (threaded_path.encode_pieces)."""
+        return threaded_path.encode_pieces(pieces, pattern, self._byte_ids, self._merge_table)
 
     def _encode_ordinary(self, text, ids, first=True):
         """The reference path: append the ids of text (special tokens already cut out) to
