@@ -120,6 +120,9 @@ def _rmsnorm_forward(x, weight, eps, y, rstd):
             y[n, c] = x[n, c] * r * weight[c]
 
 
+# forward: y = w ⊙ x_hat, x_hat = x · rstd -> with g = dy ⊙ w, dx = rstd (g - x_hat mean(g x_hat))
+# (rstd depends on every x of the row: that is the mean term), dweight = Σ_rows dy ⊙ x_hat, summed
+# here per block of ROW_BLOCK rows (layers.rmsnorm_backward has the derivation in full)
 @njit(parallel=True, cache=True, fastmath=FAST)
 def _rmsnorm_backward(dy, x, weight, rstd, dx, dweight_blocks):
     N, C = x.shape
@@ -168,6 +171,8 @@ def _swiglu_product_forward(gate, up, h):
             h[n, f] = g / (1 + fast_exp(-g)) * up[n, f]
 
 
+# forward: h = g σ(g) u -> dh/du = g σ(g); dh/dg = u (σ + g σ (1 - σ)) = u σ (1 + g (1 - σ)),
+# σ recomputed from g (the cache keeps only gate and up)
 @njit(parallel=True, cache=True, fastmath=FAST)
 def _swiglu_product_backward(dh, gate, up, dgate, dup):
     N, F = gate.shape
@@ -272,6 +277,8 @@ def _softmax(z, out, log):
                 o[j] *= scale
 
 
+# forward: p = softmax(z) -> dp_i/dz_j = p_i ([i = j] - p_j), so dz_j = p_j (dp_j - Σ_i p_i dp_i):
+# one dot product per row, then one pass
 @njit(parallel=True, cache=True, fastmath=FAST)
 def _softmax_backward(dprobs, probs, dz):
     N, V = probs.shape
@@ -332,6 +339,8 @@ def _cross_entropy_forward(logits, targets, exp_shifted, row_sum, row_loss):
         row_loss[n] = math.log(s) - (z[t] - m) if t >= 0 else 0.0
 
 
+# forward: loss = Σ_n w_n (log s_n - (z_nt - m_n)) -> dz_nj = w_n (e_nj / s_n - [j = t_n]):
+# softmax minus the one-hot, weighted (w_n = dloss / count, 0 where ignored)
 @njit(parallel=True, cache=True, fastmath=FAST)
 def _cross_entropy_backward(exp_shifted, row_sum, targets, row_weight):
     """exp_shifted becomes dlogits: softmax = e / s, so row n is e · (w_n / s_n), and the
