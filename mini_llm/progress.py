@@ -26,7 +26,7 @@ def warm_up(name, what, tiny_call, after=1.0):
     if name in _warmed:
         return
     _warmed.add(name)
-    notice = (f"Numba: compiling the {what}; first run only (seconds each, up to ~20 s in all), "
+    notice = (f"Numba: compiling the {what}; first run only (seconds each, up to about a minute in all), "
               "cached under __pycache__ for later runs")
     timer = threading.Timer(after, lambda: tqdm.write(notice, file=sys.stderr))
     timer.daemon = True

@@ -25,6 +25,8 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
+from mini_llm.progress import warm_up
+
 ROW_BLOCK = 64      # rows per partial sum of a reduction over rows
 # LLVM may reorder a row's sum into vector lanes and use cheaper exp/log/division ("fast math"),
 # but not assume that no NaN or inf occurs (masked logits are -inf). The order of a sum is then
@@ -35,9 +37,30 @@ _enabled = os.environ.get("MINILLM_KERNELS", "1") != "0"
 
 
 def applies(*arrays):
-    """True when these arrays take the Numba path: NumPy arrays of float32/float64, kernels on."""
-    return _enabled and all(isinstance(a, np.ndarray) and a.dtype in (np.float32, np.float64)
-                            for a in arrays)
+    """True when these arrays take the Numba path: NumPy arrays of float32/float64, kernels on.
+    The first time per dtype, every kernel is compiled (or loaded from Numba's cache) on tiny
+    arrays, with one notice if that takes a while (progress.warm_up)."""
+    taken = _enabled and all(isinstance(a, np.ndarray) and a.dtype in (np.float32, np.float64)
+                             for a in arrays)
+    if taken:
+        dtype = arrays[0].dtype
+        warm_up(f"row kernels {dtype}", f"row kernels for {dtype} (RMSNorm, SwiGLU, RoPE, softmax, "
+                "cross-entropy, AdamW)", lambda: _compile_all(dtype))
+    return taken
+
+
+def _compile_all(dtype):
+    """Every kernel of this file once, on tiny arrays of `dtype`."""
+    x = np.ones((1, 2, 1, 2), dtype)
+    cos_sin = np.ones((2, 2), dtype)
+    rmsnorm_backward(x, rmsnorm_forward(x, x[0, 0, 0], 1e-6)[1])
+    swiglu_product_backward(x, swiglu_product_forward(x, x)[1])
+    rope_backward(x, rope_forward(x, cos_sin, cos_sin)[1])
+    softmax_backward(x, softmax(x))
+    log_softmax(x)
+    cross_entropy_backward(1.0, cross_entropy_forward(x[0, :, 0], np.zeros((1, 2), np.int64))[1])
+    adamw_update(*(np.ones(2, dtype) for _ in range(4)), 0.1, 0.9, 0.95, 1e-8, 0.1, 1)
+    add_into(np.ones(2, dtype), np.ones(2, dtype))
 
 
 @contextlib.contextmanager
