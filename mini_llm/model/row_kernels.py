@@ -276,6 +276,19 @@ def rope_backward(dy, cache):
 # distillation losses' logits)
 
 
+@njit(inline="always", fastmath=FAST)
+def _exp_shifted_row(z, e):
+    """One row: m = max z, e = exp(z - m) (no exp overflows), s = Σ e. Returns m, s (float64)."""
+    m = z[0]
+    for j in range(1, z.shape[0]):
+        m = max(m, z[j])
+    s = 0.0
+    for j in range(z.shape[0]):
+        e[j] = fast_exp(z[j] - m)
+        s += e[j]
+    return m, s
+
+
 @njit(parallel=True, cache=True, fastmath=FAST)
 def _softmax(z, out, log):
     """Per row, m = max z and s = Σ exp(z - m): out = exp(z - m) / s, or with log=True
@@ -283,13 +296,7 @@ def _softmax(z, out, log):
     N, V = z.shape
     for n in prange(N):
         row, o = z[n], out[n]
-        m = row[0]
-        for j in range(1, V):
-            m = max(m, row[j])
-        s = 0.0
-        for j in range(V):
-            o[j] = fast_exp(row[j] - m)
-            s += o[j]
+        m, s = _exp_shifted_row(row, o)
         if log:
             shift = z.dtype.type(m + math.log(s))
             for j in range(V):
@@ -347,16 +354,9 @@ def softmax_backward(dprobs, probs):
 def _cross_entropy_forward(logits, targets, exp_shifted, row_sum, row_loss):
     """Per row: m = max z, e = exp(z - m) (no overflow), s = Σ e, and -log p(target) =
     log s - (z[target] - m) (0 where target < 0: ignored)."""
-    N, V = logits.shape
-    for n in prange(N):
-        z, e = logits[n], exp_shifted[n]
-        m = z[0]
-        for j in range(1, V):
-            m = max(m, z[j])
-        s = 0.0
-        for j in range(V):
-            e[j] = fast_exp(z[j] - m)
-            s += e[j]
+    for n in prange(logits.shape[0]):
+        z = logits[n]
+        m, s = _exp_shifted_row(z, exp_shifted[n])
         row_sum[n] = s
         t = targets[n]
         row_loss[n] = math.log(s) - (z[t] - m) if t >= 0 else 0.0
