@@ -5,7 +5,7 @@ BLAS and Numba thread pools side by side (the choice mini_llm/threads.py makes).
     python benchmarks/threads.py --threads 4 --rounds 5
     python benchmarks/threads.py --quick             # smoke run: batch 1, 1 round
 
-The step is benchmarks/train_step.py's (vocab 8192, hidden 256, 4 layers, seq 256, batch 8,
+The step is benchmarks/train_step.py's, from benchmarks/train_step_worker.py (vocab 8192, hidden 256, 4 layers, seq 256, batch 8,
 window 128, float32, AdamW). Each policy runs in its own process, with its settings in the
 environment before NumPy loads; the processes take turns (policy 1, 2, ..., 1, 2, ...) for
 --rounds rounds, 2 warm-up then --steps timed steps each; the table shows the median over all
@@ -53,22 +53,18 @@ def worker(args):
     import numpy as np
 
     from mini_llm import threads
-    from mini_llm.model import layers
     from mini_llm.model.transformer import MiniTransformer, TransformerConfig
     from mini_llm.optim import AdamW
+    from train_step_worker import BATCH, CONFIG, OPTIM, SEQ, ours_step_fn   # the same step
     threads.set_threads(args.threads)
-    config = TransformerConfig(vocab_size=8192, hidden_size=256, num_layers=4, num_heads=4,
-                               num_kv_heads=4, intermediate_size=1024, max_seq_length=256, sliding_window=128)
+    config = TransformerConfig(**CONFIG)
     model = MiniTransformer(config, seed=0)
-    optimizer = AdamW(model.params, lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
-    ids = np.random.default_rng(0).integers(0, config.vocab_size, size=(1 if args.quick else 8, 257))
+    ids = np.random.default_rng(0).integers(0, config.vocab_size, size=(1 if args.quick else BATCH, SEQ + 1))
+    step = ours_step_fn(model, AdamW(model.params, **OPTIM), ids)
     times = []
     for k in range(2 + args.steps):
         start = time.perf_counter()
-        model.zero_grad()
-        loss, cache = layers.cross_entropy_forward(model.forward(ids[:, :-1]), ids[:, 1:])
-        model.backward(layers.cross_entropy_backward(1.0, cache))
-        optimizer.step(model.params, model.grads)
+        step()
         if k >= 2:
             times.append(time.perf_counter() - start)
     print(json.dumps({"times": times, "pools": threads.describe()}))
@@ -103,7 +99,7 @@ def main():
             times[name] += result["times"]
             pools[name] = result["pools"]
     base = float(np.median(times["1 thread (the policy)"]))
-    print(f"\n| policy | ms/step (median) | speed-up vs 1 thread | pools |")
+    print("\n| policy | ms/step (median) | speed-up vs 1 thread | pools |")
     print("|---|---|---|---|")
     for name, t in times.items():
         ms = 1e3 * float(np.median(t))
