@@ -34,6 +34,7 @@ ROW_BLOCK = 64      # rows per partial sum of a reduction over rows
 # flags, so that it rounds exactly as the NumPy reference (and torch) do.
 FAST = {"reassoc", "nsz", "arcp", "contract", "afn"}
 _enabled = os.environ.get("MINILLM_KERNELS", "1") != "0"
+_warmed_dtypes = set()     # dtypes whose kernels applies() has compiled (or loaded) already
 
 
 def applies(*arrays):
@@ -42,8 +43,9 @@ def applies(*arrays):
     arrays, with one notice if that takes a while (progress.warm_up)."""
     taken = _enabled and all(isinstance(a, np.ndarray) and a.dtype in (np.float32, np.float64)
                              for a in arrays)
-    if taken:
+    if taken and arrays[0].dtype not in _warmed_dtypes:     # once per dtype: no work per call
         dtype = arrays[0].dtype
+        _warmed_dtypes.add(dtype)
         warm_up(f"row kernels {dtype}", f"row kernels for {dtype} (RMSNorm, SwiGLU, RoPE, softmax, "
                 "cross-entropy, AdamW)", lambda: _compile_all(dtype))
     return taken
