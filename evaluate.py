@@ -11,7 +11,7 @@ import json
 import math
 import sys
 
-from mini_llm import backend, threads
+from mini_llm import backend, memory, threads
 from mini_llm.checkpoint import CheckpointError, read_metadata
 from training.data import encode_documents, load_texts, make_sequences, split_train_val
 from training.checks import ArgumentParser, describe_os_error, require
@@ -56,6 +56,7 @@ def main(argv=None):
         require(args.seq_len is None or args.seq_len >= 1, "--seq_len", args.seq_len, ">= 1")
         backend.set_device(args.device)
         threads.set_threads(args.threads)
+        memory.keep_freed_memory()
         model, tokenizer = load_checkpoint(args.checkpoint)
         seq_len = min(args.seq_len or model.config.max_seq_length, model.config.max_seq_length)
         texts = load_texts(args.data_path, args.encoding_errors)

@@ -15,7 +15,7 @@ import time
 import mini_llm  # noqa: F401  first: the thread pools' spin settings, before NumPy loads (mini_llm/threads.py)
 import numpy as np
 
-from mini_llm import backend, threads
+from mini_llm import backend, memory, threads
 from mini_llm.checkpoint import CheckpointError
 from mini_llm.generate import STOP_CONTEXT_LIMIT, generate
 from training.checks import ArgumentParser, check_generation, describe_os_error
@@ -41,6 +41,7 @@ def main(argv=None):
         check_generation(args)          # every setting in range before any work
         backend.set_device(args.device)
         threads.set_threads(args.threads)
+        memory.keep_freed_memory()
         model, tokenizer = load_checkpoint(args.checkpoint)
         prompt = tokenizer.encode(args.prompt)
         if not prompt:

@@ -39,7 +39,7 @@ from pathlib import Path
 import mini_llm  # noqa: F401  first: the thread pools' spin settings, before NumPy loads (mini_llm/threads.py)
 import numpy as np
 
-from mini_llm import backend, distributed, threads
+from mini_llm import backend, distributed, memory, threads
 from mini_llm.distributed import SINGLE
 from mini_llm.checkpoint import CheckpointError
 from mini_llm.files import atomic_write
@@ -201,7 +201,8 @@ def run(args, group=SINGLE):
     backend.set_device(args.device)
     group.pick_gpu()                       # several ranks on a node: one GPU each
     threads.set_threads(args.threads, distributed.ranks_on_this_machine())
-    print(threads.describe())
+    memory.keep_freed_memory()                 # the step's temporaries reuse their pages
+    print(f"{threads.describe()}; {memory.describe()}")
     out = Path(args.output_dir)
     ckpt, metrics_path = out / "checkpoint", out / "metrics.jsonl"
     starting_over, loaded_teachers = check_before_work(args, group, out, ckpt)

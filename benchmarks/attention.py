@@ -1,18 +1,19 @@
-"""Sliding-window attention, forward + backward, float32: the Numba kernel (mini_llm/model/kernels.py,
-O(T·W·D)) against the dense NumPy reference (mini_llm/model/attention.py, O(T²·D)) and against a
-banded dense baseline (benchmarks/banded_attention.py: query blocks of Q = --block rows, W // 2 by
-default, against their Q + W - 1 keys: dense BLAS matmuls over the band only, O(T·(Q + W)·D): what
-NumPy alone makes of the window's saving).
+"""Sliding-window attention, forward + backward, float32: the three paths of mini_llm/model/attention.py.
+The dense reference (full (B, H, T, T) scores, O(T²·D)), the banded path (banded_attention.py:
+query blocks of Q = --block rows, default_block's W // 2 clipped to 16..128, against their
+Q + W - 1 keys, dense BLAS matmuls over the band only, O(T·(Q + W)·D), slices of heads on
+separate threads), and the Numba kernel (kernels.py, O(T·W·D), no (T, W) probabilities kept).
 
     python benchmarks/attention.py                      # B=1, H=4, D=64, W=256, T = 512 .. 8192
     python benchmarks/attention.py --quick              # smoke run, a few seconds
     python benchmarks/attention.py --max_dense_T 4096   # skip dense where its (B, H, T, T) tensors get big
-    python benchmarks/attention.py --block 256          # banded baseline in query blocks of 256 (= W)
+    python benchmarks/attention.py --block 256          # banded in query blocks of 256 (= W)
+    python benchmarks/attention.py --threads 1 --batch 8 --T 256 --window 128   # the train-step shape
 
-Kernel and dense run through attention_forward / attention_backward (use_kernel=True / False),
-the code path the model uses; banded through banded_attention_forward / _backward (hand-written
-backward). First the banded baseline is checked against dense on an awkward shape (GQA, T not a
-multiple of W) to 1e-5. Then for every T where dense runs, kernel and banded are checked against
+Dense and kernel run through attention_forward / attention_backward (use_kernel=False / True),
+banded through banded_attention_forward / _backward, what attention_forward calls for use_kernel
+None in training. First banded is checked against dense on an awkward shape (GQA, T not a
+multiple of Q) to 1e-5. Then for every T where dense runs, kernel and banded are checked against
 it (max |x - dense| / max |dense| of out, dq, dk, dv: kernel to 1e-4, banded to 1e-5); above
 --max_dense_T banded is checked against the kernel. Then each is timed, median of --repeats runs
 (dense: --dense_repeats, it is slow at large T). They are timed in separate blocks, not
@@ -33,8 +34,9 @@ import mini_llm  # noqa: F401  first: it puts its thread settings (mini_llm/thre
 import numba
 import numpy as np
 
-from banded_attention import banded_attention_backward, banded_attention_forward
+from mini_llm import memory, threads
 from mini_llm.model.attention import attention_backward, attention_forward
+from mini_llm.model.banded_attention import banded_attention_backward, banded_attention_forward, default_block
 
 
 def fwd_bwd(q, k, v, dout, window, use_kernel):
@@ -99,14 +101,20 @@ def main():
     parser.add_argument("--max_dense_T", type=int, default=8192,
                         help="skip dense above this T (default 8192)")
     parser.add_argument("--block", type=int, default=None,
-                        help="banded baseline: query rows per block (default W // 2)")
+                        help="banded: query rows per block (default: default_block, W // 2 in 16..128)")
     parser.add_argument("--quick", action="store_true", help="smoke run: T 256 512, 2 repeats")
+    threads.add_flag(parser)
     args = parser.parse_args()
+    try:
+        threads.set_threads(args.threads)
+    except ValueError as e:
+        parser.error(str(e))
+    memory.keep_freed_memory()           # no page faults from malloc handing blocks back (memory.py)
     if args.quick:
         args.T, args.repeats, args.dense_repeats = [256, 512], 2, 2
     B, H, D, W = args.batch, args.heads, args.head_dim, args.window
     Hkv = args.kv_heads or H
-    Q = args.block or max(1, W // 2)
+    Q = args.block or default_block(max(args.T), W)
     print(f"attention fwd+bwd, float32, B={B} H={H} Hkv={Hkv} D={D} W={W}, banded blocks Q={Q}, "
           f"numba threads {numba.get_num_threads()}, "
           f"median of {args.repeats} runs (dense: {args.dense_repeats})")

@@ -1,6 +1,7 @@
-"""The fused Numba kernels of mini_llm/model/row_kernels.py against their NumPy references, one
-training step's worth of each, float32, at the sizes of benchmarks/train_step.py (B 8, T 256:
-N = 2048 rows; C 256, F 1024, V 8192, H 4, D 64; AdamW over that model's 8.5 M parameters).
+"""The fused Numba kernels of mini_llm/model/row_kernels.py (and kernels.py's window softmax)
+against their NumPy references, one training step's worth of each, float32, at the sizes of
+benchmarks/train_step.py (B 8, T 256: N = 2048 rows; C 256, F 1024, V 8192, H 4, D 64; AdamW
+over that model's 8.5 M parameters).
 
     python benchmarks/row_kernels.py                 # threads 1 and 2 (1 .. os.cpu_count())
     python benchmarks/row_kernels.py --threads 1,2,4 --repeats 9
@@ -39,7 +40,7 @@ if ARGS is not None and ARGS.worker is not None:     # pools are sized when NumP
 import numpy as np  # noqa: E402
 
 from mini_llm import optim  # noqa: E402
-from mini_llm.model import attention, layers, row_kernels  # noqa: E402
+from mini_llm.model import attention, layers, row_kernels, window  # noqa: E402
 from mini_llm.model.config import TransformerConfig, param_shapes  # noqa: E402
 
 C, F, V, H, D = 256, 1024, 8192, 4, 64
@@ -74,8 +75,8 @@ def cases(N):
         y, cache = attention.rope_forward(q, cos, sin)
         return y, attention.rope_backward(dq, cache)
 
-    def attention_softmax():        # the dense attention path's softmax over (B, H, T, T) scores
-        p = layers.softmax(scores)
+    def attention_softmax():        # the dense attention path's: scale, causal mask W = T / 2, softmax
+        p = window.window_softmax(scores, 1 / np.sqrt(D), T // 2)      # (B, H, T, T) scores
         return p, layers.softmax_backward(dscores, p)
 
     def cross_entropy():
@@ -91,7 +92,7 @@ def cases(N):
         return tuple(out)
 
     return {f"RMSNorm (N, C={C})": rmsnorm, f"SwiGLU product (N, F={F})": swiglu_product,
-            f"RoPE (N, H={H}, D={D})": rope, f"softmax (N, H={H}, T={T})": attention_softmax,
+            f"RoPE (N, H={H}, D={D})": rope, f"window softmax (N, H={H}, T={T})": attention_softmax,
             f"cross-entropy (N, V={V})": cross_entropy,
             "AdamW, 8.5 M params (incl. copies)": adamw}
 

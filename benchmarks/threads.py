@@ -52,11 +52,12 @@ def worker(args):
     """One policy's turn: the environment is set already; print the step times as JSON."""
     import numpy as np
 
-    from mini_llm import threads
+    from mini_llm import memory, threads
     from mini_llm.model.transformer import MiniTransformer, TransformerConfig
     from mini_llm.optim import AdamW
     from train_step_worker import BATCH, CONFIG, OPTIM, SEQ, ours_step_fn   # the same step
     threads.set_threads(args.threads)
+    memory.keep_freed_memory()                    # every policy with train.py's allocator policy
     config = TransformerConfig(**CONFIG)
     model = MiniTransformer(config, seed=0)
     ids = np.random.default_rng(0).integers(0, config.vocab_size, size=(1 if args.quick else BATCH, SEQ + 1))

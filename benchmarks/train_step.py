@@ -15,9 +15,11 @@ a band mask, torch.optim.AdamW), loaded with our weights (benchmarks/train_step_
 Processes: for each thread count N, --rounds rounds of: our worker, then PyTorch's worker, each
 a fresh `python benchmarks/train_step.py --worker ours|torch --threads N` whose environment has
 OPENBLAS_NUM_THREADS = OMP_NUM_THREADS = MKL_NUM_THREADS = NUMBA_NUM_THREADS = N before it
-imports NumPy; ours also with the library's spin settings (mini_llm/threads.py, as train.py
-runs), PyTorch without them (its OpenMP pool spins by default, as its users run it). So one framework's thread pool never spins while the other computes, and a slow patch of
-the machine hits both (alternating rounds). A worker: builds the model from seed 0,
+imports NumPy; ours also with the library's spin settings (mini_llm/threads.py) and its
+allocator policy (mini_llm/memory.py: freed memory kept for the next step), as train.py runs;
+PyTorch without them (its OpenMP pool spins by default, as its users run it). So one
+framework's thread pool never spins while the other computes, and a slow patch of the machine
+hits both (alternating rounds). A worker: builds the model from seed 0,
 trains 3 steps on the same batch (the loss check; also the warm-up), --warmup more untimed
 steps, then --steps timed ones. The tables show medians over all rounds' timed steps.
 Correctness: the 3 losses of every worker, ours and PyTorch's, must agree to 1e-4; the parent
@@ -130,6 +132,7 @@ def thread_line(runs, threads, rounds):
     loads = [r[k] for rs in runs.values() for r in rs for k in ("load_before", "load_after")]
     return (f"\n--- {threads} thread(s), {rounds} round(s) ours / PyTorch, each a process; "
             f"threads {threads} (numba {o['numba_threads']}{torch_part}; pools: {o['pools'].removeprefix('threads: ')}); "
+            f"ours: {o['memory']}; "
             f"load average {min(loads):.1f} .. {max(loads):.1f} on {os.cpu_count()} cores")
 
 
@@ -174,7 +177,8 @@ def print_block(runs, threads, args):
 
 
 def print_profile(cells, step_ms, threads):
-    rows = {name: {"fwd": 0.0, "bwd": 0.0} for name in ("attention (Numba kernel)", "attention (dense reference)")}
+    rows = {name: {"fwd": 0.0, "bwd": 0.0} for name in ("attention (banded)", "attention (Numba kernel)",
+                                                        "attention (dense reference)")}
     for row, phase, ms in cells:
         rows.setdefault(row, {"fwd": 0.0, "bwd": 0.0})[phase] += ms
     rows["other (residual adds, grads +=, reshapes, Python)"] = {"fwd": 0.0, "bwd": step_ms - sum(c[2] for c in cells)}
@@ -185,7 +189,7 @@ def print_profile(cells, step_ms, threads):
     for name, r in rows.items():
         total = r["fwd"] + r["bwd"]
         print(f"{name:<52} | {r['fwd']:8.1f} | {r['bwd']:8.1f} | {total:8.1f} | {100 * total / step_ms:5.1f}%")
-    print("(attention: the path the library's dispatcher, attention_forward, took at this T and W; the other row 0)")
+    print("(attention: the path the library's dispatcher, attention_forward, took at this T and W; the other rows 0)")
 
 
 def print_scaling(results):

@@ -24,7 +24,7 @@ import time
 import numba
 import numpy as np
 
-from mini_llm import backend
+from mini_llm import backend, memory
 from mini_llm.threads import describe as threads_describe
 from mini_llm.model import attention, layers
 from mini_llm.model.transformer import MiniTransformer, TransformerConfig
@@ -164,6 +164,7 @@ def timed(fn, repeats):
 
 ATTENTION_GLUE, SWIGLU = "attention glue (reshapes, checks)", "swiglu elementwise (silu, product)"
 KERNEL_ROW, DENSE_ROW = "attention (Numba kernel)", "attention (dense reference)"
+BANDED_ROW = "attention (banded)"
 
 
 class Profile:
@@ -204,14 +205,15 @@ class Profile:
 def profile_ours(step, steps):
     """[(row, phase, median ms per step)] and the median ms of a whole step, over `steps`
     profiled steps. Attention is split by the path the dispatcher took (attention_forward):
-    the Numba kernel or the dense reference; the dispatch itself counts as glue."""
+    banded, the Numba kernel or the dense reference; the dispatch itself counts as glue."""
     prof = Profile()
     pairs = [(layers, "embedding", "embedding"), (layers, "rmsnorm", "rmsnorm"),
              (layers, "linear", "linear"), (attention, "linear", "linear"),
              (attention, "self_attention", ATTENTION_GLUE), (attention, "rope", "rope"),
              (attention, "attention", ATTENTION_GLUE),
              (attention, "sliding_window_attention", KERNEL_ROW),
-             (attention, "attention_reference", DENSE_ROW), (layers, "swiglu", SWIGLU),
+             (attention, "attention_reference", DENSE_ROW), (attention, "banded_attention", BANDED_ROW),
+             (layers, "swiglu", SWIGLU),
              (layers, "silu", SWIGLU), (layers, "cross_entropy", "cross-entropy")]
     for owner, stem, row in pairs:
         prof.wrap(owner, stem + "_forward", row, "fwd")
@@ -280,6 +282,8 @@ def run(framework, threads, batch, warmup, steps, profile_steps=0, loop_steps=0)
     """One worker: build, 3 check steps, `warmup` more untimed, `steps` timed; print the JSON."""
     numba.set_num_threads(threads)
     torch = None
+    if framework == "ours":
+        memory.keep_freed_memory()           # as train.py runs: the step's temporaries reuse their pages
     if framework == "torch":
         import torch
         torch.set_num_threads(threads)
@@ -296,7 +300,7 @@ def run(framework, threads, batch, warmup, steps, profile_steps=0, loop_steps=0)
     for _ in range(warmup):
         step()
     out["step_s"] = timed(step, steps)
-    out.update(peak_mib=peak_mib(), load_after=os.getloadavg()[0], pools=threads_describe(),
+    out.update(peak_mib=peak_mib(), load_after=os.getloadavg()[0], pools=threads_describe(), memory=memory.describe(),
                numba_threads=numba.get_num_threads(), torch_threads=torch and torch.get_num_threads())
     if torch is None:
         c = config

@@ -87,7 +87,7 @@ def tiny_model(seed, attention):
     config = TransformerConfig(vocab_size=11, hidden_size=8, num_layers=2, num_heads=2, num_kv_heads=1,
                                intermediate_size=12, max_seq_length=8, sliding_window=3)
     model = MiniTransformer(config, seed=seed, dtype=np.float64)
-    model.use_kernel = attention == "kernel"
+    model.use_kernel = {"kernel": True, "reference": False, "banded": None}[attention]
     rng = np.random.default_rng(seed + 1)
     for name, p in model.params.items():
         p[...] = rng.normal(1.0 if name.endswith("norm.weight") else 0.0, 0.3, p.shape)
@@ -145,9 +145,10 @@ def plot(steps, errors, out_dir):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--attention", choices=["kernel", "reference"], default="reference",
-                   help="attention path of the whole-model check: the dense NumPy reference, or "
-                        "the Numba kernel and its lse-based backward (default: %(default)s)")
+    p.add_argument("--attention", choices=["kernel", "reference", "banded"], default="reference",
+                   help="attention path of the whole-model check: the dense NumPy reference, the "
+                        "Numba kernel and its lse-based backward, or the banded blocks (what "
+                        "training takes) (default: %(default)s)")
     p.add_argument("--skip_model", action="store_true", help="only the one-layer parts")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", action="store_true", help="save gradient_check.png (needs matplotlib)")

@@ -23,6 +23,7 @@ This module imports neither NumPy nor Numba at its top, so that it can run befor
 """
 import os
 import sys
+import threading
 
 SPIN_SETTINGS = {"OPENBLAS_THREAD_TIMEOUT": "4", "OMP_WAIT_POLICY": "passive"}
 POOL_SIZE_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
@@ -113,3 +114,54 @@ def describe():
     except ValueError:
         layer = os.environ.get("NUMBA_THREADING_LAYER", "default")
     return f"threads: numba {numba.get_num_threads()} ({layer} layer), {pools}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Independent slices of work on separate threads (banded attention's heads)
+#
+# Some work is many small BLAS calls: banded attention multiplies (Q, D) by (D, Q + W - 1)
+# blocks, a few MFLOP each, once per block and head. A multi-threaded BLAS cannot split a call
+# that small well, but the heads are independent: slices of them can run on separate Python
+# threads at once, each with BLAS and Numba at one thread (NumPy's matmul and our nogil kernels
+# release the GIL), so the slices share the cores without oversubscribing them.
+
+_pool = {"executor": None, "size": 0, "blas": None}     # created at the first in_parallel
+_POOL_LOCK = threading.Lock()      # one in_parallel at a time: the BLAS limit is process-wide
+
+
+def slices(n_items):
+    """[(lo, hi), ..]: range(n_items) cut into one contiguous slice per thread of the policy
+    (numba's thread count, which set_threads sized), fewer when there are fewer items."""
+    import numba
+    n = max(1, min(numba.get_num_threads(), n_items))
+    return [(i * n_items // n, (i + 1) * n_items // n) for i in range(n)]
+
+
+def _one_thread(fn, lo, hi):
+    """fn(lo, hi) with this thread's Numba pool at one thread (numba's count is per thread)."""
+    import numba
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        return fn(lo, hi)
+    finally:
+        numba.set_num_threads(before)
+
+
+def in_parallel(fn, bounds):
+    """[fn(lo, hi) for (lo, hi) in bounds], the slices run concurrently, the calling thread
+    taking the first; BLAS at one thread meanwhile. fn must only write its own slice."""
+    if len(bounds) == 1:
+        return [fn(*bounds[0])]
+    from concurrent.futures import ThreadPoolExecutor
+    from threadpoolctl import ThreadpoolController
+    with _POOL_LOCK:
+        if _pool["size"] < len(bounds) - 1:             # first call, or more threads than before
+            if _pool["executor"] is not None:
+                _pool["executor"].shutdown(wait=False)
+            _pool.update(executor=ThreadPoolExecutor(len(bounds) - 1, thread_name_prefix="minillm-slice"),
+                         size=len(bounds) - 1, blas=_pool["blas"] or ThreadpoolController())
+        with _pool["blas"].limit(limits=1, user_api="blas"):
+            futures = [_pool["executor"].submit(_one_thread, fn, lo, hi) for lo, hi in bounds[1:]]
+            first = _one_thread(fn, *bounds[0])
+            return [first] + [f.result() for f in futures]

@@ -223,12 +223,3 @@ def test_self_attention_rejects_bad_weights():
     wq, wk, wo = np.zeros((8, 8)), np.zeros((4, 8)), np.zeros((8, 8))
     with pytest.raises(ValueError, match="attention weights"):
         self_attention_forward(x, wq, wk, np.zeros((8, 8)), wo, cos, sin, 2, 1, None)
-
-
-def test_dispatch_picks_the_kernel_where_it_wins():
-    """use_kernel=None: dense while the window covers a quarter of T or more (short T), the
-    Numba kernel for a narrow band or a long sequence, never for full causal attention."""
-    from mini_llm.model.attention import prefers_kernel
-    assert not prefers_kernel(256, 128) and not prefers_kernel(64, 16) and not prefers_kernel(128, 32)
-    assert prefers_kernel(128, 16) and prefers_kernel(256, 32) and prefers_kernel(512, 128)
-    assert prefers_kernel(4096, 2048) and not prefers_kernel(4096, None)

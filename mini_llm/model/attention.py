@@ -9,9 +9,11 @@ a GPU; the Numba kernel is CPU-only, and `attention_forward` picks it only for N
 The pieces, in the order a layer uses them:
     rope_cos_sin / rope_forward   rotate q and k by an angle proportional to their position
                                   (optionally Llama 3 / linear scaled frequencies: rope_inv_freq)
-    window_mask                   which keys each query may see (causal band of width W)
+    window_mask (window.py)       which keys each query may see (causal band of width W)
     attention_reference_forward   softmax(q kᵀ / sqrt(D) + mask) v, dense (B, H, T, T) scores
-    attention_forward             the dispatcher: Numba kernel or the reference
+    banded_attention_forward      the same over blocks of queries and the band of keys they see
+    (banded_attention.py)
+    attention_forward             the dispatcher: banded, the Numba kernel, or the reference
     self_attention_forward        projections (+ Qwen2 bias) (+ Qwen3 q/k norm) + RoPE + attention
                                   + output projection
 """
@@ -21,11 +23,12 @@ import numpy as np
 
 from mini_llm.backend import array_module
 from mini_llm.model import gpu_kernels, row_kernels
+from mini_llm.model.banded_attention import banded_attention_backward, banded_attention_forward, default_block
 from mini_llm.model.config import check_window
 from mini_llm.model.kernels import sliding_window_attention_backward, sliding_window_attention_forward
 from mini_llm.model.layers import (linear_backward, linear_bias_backward, linear_bias_forward,
-                                   linear_forward, rmsnorm_backward, rmsnorm_forward, softmax,
-                                   softmax_backward)
+                                   linear_forward, rmsnorm_backward, rmsnorm_forward, softmax_backward)
+from mini_llm.model.window import window_mask, window_softmax  # noqa: F401 (window_mask: re-exported)
 
 # ---------------------------------------------------------------------------------------------
 # RoPE, rotate-half layout (as Hugging Face LLaMA/Mistral store q_proj and k_proj)
@@ -107,22 +110,7 @@ def rope_backward(dy, cache):
 
 
 # ---------------------------------------------------------------------------------------------
-# The causal sliding-window mask
-
-
-def window_mask(T_q, T_k, window, q_start=0, xp=None):
-    """bool (T_q, T_k): True where the query at absolute position q_start + i may see key j.
-    Causal: j <= pos. Sliding window W (Mistral): also j > pos - W, so position t sees the W keys
-    t-W+1 .. t, itself included. window=None is plain causal attention.
-    Example, T=5, W=2: row t has ones at columns t-1 and t (row 0 only at column 0)."""
-    xp = np if xp is None else xp
-    check_window(window)
-    pos = q_start + xp.arange(T_q)[:, None]        # (T_q, 1)
-    j = xp.arange(T_k)[None, :]                    # (1, T_k)
-    mask = j <= pos
-    if window is not None:
-        mask &= j > pos - window
-    return mask
+# Shapes (the causal window itself, window_mask and window_softmax, is in window.py)
 
 
 def _kv_group(q, k, v):
@@ -153,10 +141,10 @@ def attention_reference_forward(q, k, v, window):
     qh = q.transpose(0, 2, 1, 3)                                       # (B, H, T, D)
     kh = xp.repeat(k, group, axis=2).transpose(0, 2, 1, 3)             # (B, H, Tk, D)
     vh = xp.repeat(v, group, axis=2).transpose(0, 2, 1, 3)             # (B, H, Tk, D)
-    scores = (qh @ kh.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(D))   # (B, H, T, Tk)
-    scores = xp.where(window_mask(T, Tk, window, q_start=Tk - T, xp=xp), scores, -xp.inf)
-    # every row sees at least its own key, so the row max softmax subtracts is finite
-    p = softmax(scores)                                                # (B, H, T, Tk)
+    scores = qh @ kh.transpose(0, 1, 3, 2)                             # (B, H, T, Tk)
+    # softmax(scores / sqrt(D)) over the keys window_mask lets each query see; query i sits at
+    # key Tk - T + i
+    p = window_softmax(scores, 1.0 / math.sqrt(D), window, q_start=Tk - T)   # (B, H, T, Tk)
     out = (p @ vh).transpose(0, 2, 1, 3)                               # (B, T, H, D)
     return xp.ascontiguousarray(out), (qh, kh, vh, p, group)
 
@@ -185,41 +173,51 @@ def attention_reference_backward(dout, cache):
 
 
 # ---------------------------------------------------------------------------------------------
-# The dispatcher: the O(T·W·D) Numba kernel for NumPy arrays, the dense reference otherwise
+# The dispatcher: for NumPy arrays in training, the banded path (or the O(T·W) Numba kernel for
+# very long sequences); the dense reference otherwise
 
 
-# Where the Numba kernel beats the dense reference, forward + backward, float32, B 8, H 4, D 64,
-# 1 and 2 threads (measured 2026-12-01): kernel/dense time 0.25-0.77 once T > 4W (T 128 W 16,
-# T 256 W 16-32, T 512 W 16-128); 1.0-1.5 at T <= 4W below T 512 (T 256 W 128: 1.36, T 128 W 32:
-# 1.09-1.24; T 64 W 16: 4.7), where the dense (T, T) scores are small and its BLAS calls win.
-KERNEL_WINDOW_RATIO = 4      # the kernel when T > 4 W ...
-KERNEL_MIN_T = 512           # ... or T >= 512 (dense memory grows as T²)
+# Measured 2026-12-01 (benchmarks/attention.py, float32, D 64, forward + backward, 1 and 2
+# threads): banded took 0.3-0.9x the dense reference's time at every T from 128 to 4096 and
+# 0.3-0.7x the kernel's, except at T 256 W 32 on 2 threads (1.04x). What the kernel still has is
+# memory: one lse per query, where banded keeps each block's (Q, Q + W - 1) probabilities for
+# backward, B·H·T·(Q + W - 1) numbers per layer. The kernel takes over past KERNEL_MIN_BAND.
+KERNEL_MIN_BAND = 2 ** 28        # banded probabilities kept per layer (1 GiB of float32)
 
 
-def prefers_kernel(T, window):
-    """use_kernel=None's choice on NumPy arrays: the O(T·W) kernel where it wins, dense else."""
-    return window is not None and (T > KERNEL_WINDOW_RATIO * window or T >= KERNEL_MIN_T)
+def attention_path(q, k, window):
+    """use_kernel=None's choice: "banded" for NumPy arrays in training (Tk = T), "kernel" when
+    banded's probabilities would pass KERNEL_MIN_BAND numbers, "reference" (dense) otherwise:
+    CuPy arrays (the CUDA kernel is opt-in) and generation (Tk > T, from a KV cache)."""
+    B, T, H, _ = q.shape
+    if array_module(q) is not np or k.shape[1] != T:
+        return "reference"
+    W = T if window is None else min(window, T)
+    band = B * H * T * (default_block(T, window) + W - 1)
+    return "kernel" if band > KERNEL_MIN_BAND else "banded"
 
 
 def attention_forward(q, k, v, window, use_kernel=None):
-    """Same contract as attention_reference_forward. use_kernel: None picks the Numba kernel
-    for NumPy arrays where it is faster (prefers_kernel: a window much shorter than T, or a
-    long T); True forces the kernel (Numba on NumPy arrays, CUDA on CuPy arrays), False the
-    reference."""
+    """Same contract as attention_reference_forward. use_kernel: None picks the fastest path for
+    these arrays (attention_path); True forces the kernel (Numba on NumPy arrays, CUDA on CuPy
+    arrays), False the dense reference."""
     xp = array_module(q, k, v)
-    if use_kernel is None:
-        use_kernel = xp is np and prefers_kernel(q.shape[1], window)
-    if not use_kernel:
-        out, cache = attention_reference_forward(q, k, v, window)
-        return out, ("reference", cache)
     _kv_group(q, k, v)
-    # CuPy arrays: the CUDA kernel of gpu_kernels.py, opt-in until it has run on a GPU
-    forward = sliding_window_attention_forward if xp is np else gpu_kernels.sliding_window_attention_forward
-    # lse (B, T, H): the log-sum-exp of each query's scaled scores over its window, log Σ_j
-    # exp(s_tj), softmax's log-denominator. The backward rebuilds p_tj = exp(s_tj - lse_t) from
-    # it instead of keeping the (T, W) probabilities (docs/attention.md §6)
-    out, lse = forward(q, k, v, window)
-    return out, ("kernel", (q, k, v, out, lse, window))
+    check_window(window)
+    path = attention_path(q, k, window) if use_kernel is None else ("kernel" if use_kernel else "reference")
+    if path == "reference":
+        out, cache = attention_reference_forward(q, k, v, window)
+    elif path == "banded":
+        out, cache = banded_attention_forward(q, k, v, window)
+    else:
+        # CuPy arrays: the CUDA kernel of gpu_kernels.py, opt-in until it has run on a GPU
+        forward = sliding_window_attention_forward if xp is np else gpu_kernels.sliding_window_attention_forward
+        # lse (B, T, H): the log-sum-exp of each query's scaled scores over its window, log Σ_j
+        # exp(s_tj), softmax's log-denominator. The backward rebuilds p_tj = exp(s_tj - lse_t)
+        # from it instead of keeping the (T, W) probabilities (docs/attention.md §6)
+        out, lse = forward(q, k, v, window)
+        cache = (q, k, v, out, lse, window)
+    return out, (path, cache)
 
 
 def attention_backward(dout, cache):
@@ -227,6 +225,8 @@ def attention_backward(dout, cache):
     path, inner = cache
     if path == "reference":
         return attention_reference_backward(dout, inner)
+    if path == "banded":
+        return banded_attention_backward(dout, inner)
     q, k, v, out, lse, window = inner
     backward = (sliding_window_attention_backward if array_module(q) is np
                 else gpu_kernels.sliding_window_attention_backward)

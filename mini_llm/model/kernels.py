@@ -28,6 +28,7 @@ import numpy as np
 from numba import njit, parallel_chunksize, prange
 
 from mini_llm.model.config import check_window
+from mini_llm.model.row_kernels import FAST, _exp_shifted_row
 from mini_llm.progress import warm_up
 
 BLOCK = 64          # queries (or keys) per parallel task
@@ -184,6 +185,41 @@ def _backward_dkdv(q, k, v, dout, lse, delta, window, scale, dk, dv):
 
 
 # ---------------------------------------------------------------------------------------------
+# The window softmax (window.py's reference): a block of scores -> probabilities, one pass per row
+
+
+@njit(parallel=True, cache=True, fastmath=FAST, nogil=True)
+def _window_softmax(scores, scale, window, q_start, probs):
+    """scores, probs (M, T_q, T_k). Row i of each matrix is the query at key position q_start + i;
+    it sees the keys lo .. hi-1: probs there = softmax(scale · scores), 0 elsewhere (window <= 0:
+    plain causal, lo = 0). Only the visible keys are read."""
+    M, T_q, T_k = scores.shape
+    for r in prange(M * T_q):
+        z, p = scores[r // T_q, r % T_q], probs[r // T_q, r % T_q]
+        pos = q_start + r % T_q
+        lo, hi = (max(0, pos - window + 1) if window > 0 else 0), min(pos + 1, T_k)
+        p[:lo] = 0
+        p[hi:] = 0
+        band = p[lo:hi]
+        for j in range(hi - lo):
+            band[j] = z[lo + j] * scale
+        _, s = _exp_shifted_row(band, band)            # band = exp(band - max), s = its sum
+        inv = probs.dtype.type(1.0 / s)
+        for j in range(hi - lo):
+            band[j] *= inv
+
+
+def window_softmax(scores, scale, window, q_start):
+    """Same contract as window.window_softmax: scores (..., T_q, T_k) -> probs, a new array."""
+    T_q, T_k = scores.shape[-2:]
+    z = np.ascontiguousarray(scores).reshape(-1, T_q, T_k)
+    probs = np.empty_like(z)
+    _warm_up(z.dtype, "window softmax")
+    _window_softmax(z, z.dtype.type(scale), 0 if window is None else int(window), int(q_start), probs)
+    return probs.reshape(scores.shape)
+
+
+# ---------------------------------------------------------------------------------------------
 # Python wrappers: (B, T, H, D) in and out, like attention.py
 
 
@@ -205,18 +241,22 @@ def _heads_major(x):
     return np.ascontiguousarray(x.transpose(0, 2, 1, 3))
 
 
-def _warm_up(dtype, backward=False):
-    """Compile the forward (or backward) kernels for `dtype` on one token, one head, D=1, before
-    their first real call: on a first run that takes seconds, and a notice says so."""
+def _warm_up(dtype, part):
+    """Compile one part's kernels ("forward", "backward", "window softmax") for `dtype` on one
+    token, one head, D=1, before their first real call: on a first run that takes seconds, and a
+    notice says so."""
     x, row = np.zeros((1, 1, 1, 1), dtype), np.zeros((1, 1, 1), dtype)
     scale = dtype.type(1.0)
-    if backward:
+    if part == "backward":
         warm_up(f"attention backward {dtype}", f"attention backward kernels for {dtype}",
                 lambda: (_backward_dq(x, x, x, x, row, row, 1, scale, x.copy()),
                          _backward_dkdv(x, x, x, x, row, row, 1, scale, x.copy(), x.copy())))
-    else:
+    elif part == "forward":
         warm_up(f"attention forward {dtype}", f"attention forward kernel for {dtype}",
                 lambda: _forward(x, x, x, 1, scale, x.copy(), np.zeros((1, 1, 1), np.float64)))
+    else:
+        warm_up(f"window softmax {dtype}", f"window softmax kernel for {dtype}",
+                lambda: _window_softmax(row, scale, 1, 0, row.copy()))
 
 
 def sliding_window_attention_forward(q, k, v, window):
@@ -227,7 +267,7 @@ def sliding_window_attention_forward(q, k, v, window):
     scale = q.dtype.type(1.0 / math.sqrt(D))            # in q's dtype, so float32 stays float32
     out = np.zeros((B, H, T, D), q.dtype)
     lse = np.empty((B, H, T), np.float64)
-    _warm_up(q.dtype)
+    _warm_up(q.dtype, "forward")
     with parallel_chunksize(1):          # hand out tasks one by one: a busy core does fewer
         _forward(_heads_major(q), _heads_major(k), _heads_major(v), W, scale, out, lse)
     return np.ascontiguousarray(out.transpose(0, 2, 1, 3)), np.ascontiguousarray(lse.transpose(0, 2, 1))
@@ -244,7 +284,7 @@ def sliding_window_attention_backward(dout, q, k, v, out, lse, window):
     lse_h = np.ascontiguousarray(lse.transpose(0, 2, 1), dtype=q.dtype)                  # (B, H, T)
     delta = np.sum(dout_h * _heads_major(out), axis=-1, dtype=np.float64).astype(q.dtype)  # (B, H, T)
     dq, dk, dv = np.zeros_like(qh), np.zeros_like(kh), np.zeros_like(vh)
-    _warm_up(q.dtype, backward=True)
+    _warm_up(q.dtype, "backward")
     with parallel_chunksize(1):
         _backward_dq(qh, kh, vh, dout_h, lse_h, delta, W, scale, dq)
         _backward_dkdv(qh, kh, vh, dout_h, lse_h, delta, W, scale, dk, dv)

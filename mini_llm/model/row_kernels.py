@@ -311,7 +311,7 @@ def _softmax(z, out, log):
 
 # forward: p = softmax(z) -> dp_i/dz_j = p_i ([i = j] - p_j), so dz_j = p_j (dp_j - Σ_i p_i dp_i):
 # one dot product per row, then one pass
-@njit(parallel=True, cache=True, fastmath=FAST)
+@njit(parallel=True, cache=True, fastmath=FAST, nogil=True)
 def _softmax_backward(dprobs, probs, dz):
     N, V = probs.shape
     for n in prange(N):

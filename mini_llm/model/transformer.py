@@ -52,7 +52,7 @@ class MiniTransformer:
         self.params = params if params is not None else init_params(config, seed, self.dtype)
         self.grads = {name: backend.xp().zeros_like(p) for name, p in self.params.items()}
         self.hidden_states = []       # after forward: [embedding output, layer 0 output, ...]
-        self.use_kernel = None        # attention path: None = Numba kernel on CPU with a window
+        self.use_kernel = None        # attention path: None = the fastest (attention.attention_path)
         self._cache = None
         self._rope_table = None
 
