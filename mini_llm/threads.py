@@ -148,11 +148,24 @@ def _one_thread(fn, lo, hi):
         numba.set_num_threads(before)
 
 
+def concurrent_kernels_allowed():
+    """True when Numba kernels may be launched from several Python threads at once: the OpenMP
+    and TBB layers allow it; workqueue (the fallback where neither is installed, e.g. often on
+    macOS, or NUMBA_THREADING_LAYER=workqueue) aborts the process. Before any parallel kernel
+    has run the layer is not chosen yet, and the answer is False."""
+    import numba
+    try:
+        return numba.threading_layer() != "workqueue"
+    except ValueError:
+        return False
+
+
 def in_parallel(fn, bounds):
     """[fn(lo, hi) for (lo, hi) in bounds], the slices run concurrently, the calling thread
-    taking the first; BLAS at one thread meanwhile. fn must only write its own slice."""
-    if len(bounds) == 1:
-        return [fn(*bounds[0])]
+    taking the first; BLAS at one thread meanwhile. fn must only write its own slice. Where
+    Numba's layer cannot take launches from several threads, the slices run one after another."""
+    if len(bounds) == 1 or not concurrent_kernels_allowed():
+        return [fn(lo, hi) for lo, hi in bounds]
     from concurrent.futures import ThreadPoolExecutor
     from threadpoolctl import ThreadpoolController
     with _POOL_LOCK:

@@ -2,6 +2,10 @@
 Numba twin in kernels.py) against the dense NumPy reference with the kernels off: forward and
 backward in float64 and float32, finite differences in float64, blocks that overlap, GQA,
 window None, slices of heads on 1 and 2 threads; and the dispatcher's choice of path."""
+import os
+import subprocess
+import sys
+
 import numba
 import numpy as np
 import pytest
@@ -166,3 +170,25 @@ def test_dispatcher_takes_banded_for_training_on_numpy(monkeypatch):
     got = (out, *attention_backward(dout, cache))
     for name, a, b in zip(("out", "dq", "dk", "dv"), got, dense_reference(q, k, v, dout, 5)):
         assert_close(a, b, TOLERANCE[np.float32], name)
+
+
+WORKQUEUE_RUN = """
+import numpy as np
+from mini_llm import threads
+threads.set_threads(2)
+from mini_llm.model.banded_attention import banded_attention_backward, banded_attention_forward
+q = np.random.default_rng(0).standard_normal((4, 40, 2, 8), dtype=np.float32)
+out, cache = banded_attention_forward(q, q[:, :, :1], q[:, :, 1:], 9)
+banded_attention_backward(out, cache)
+print(threads.concurrent_kernels_allowed())
+"""
+
+
+def test_the_workqueue_layer_gets_the_slices_one_after_another():
+    """Numba's workqueue layer aborts the process on concurrent launches from two Python threads
+    (it is the fallback where OpenMP and TBB are missing): in_parallel must then run serially."""
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue", "NUMBA_NUM_THREADS": "2"}
+    result = subprocess.run([sys.executable, "-c", WORKQUEUE_RUN], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "False"

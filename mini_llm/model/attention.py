@@ -1,5 +1,7 @@
 """Reference NumPy attention: RoPE, causal + sliding window (Mistral: t-W+1..t), GQA.
-Readable, not fast; kernels.py computes the same thing quickly and tests/test_kernels.py pins the two.
+Readable, not fast; banded_attention.py (BLAS over the band only) and kernels.py (a Numba kernel)
+compute the same thing quickly, and tests/test_banded_attention.py and tests/test_kernels.py pin
+them to it.
 
 Shapes follow the legend of layers.py: B batch, T time, C hidden_size, H heads, Hkv kv heads,
 D head_dim, W sliding window. Activations are (B, T, H, D); weights use the Hugging Face
@@ -177,11 +179,12 @@ def attention_reference_backward(dout, cache):
 # very long sequences); the dense reference otherwise
 
 
-# Measured 2026-12-01 (benchmarks/attention.py, float32, D 64, forward + backward, 1 and 2
-# threads): banded took 0.3-0.9x the dense reference's time at every T from 128 to 4096 and
-# 0.3-0.7x the kernel's, except at T 256 W 32 on 2 threads (1.04x). What the kernel still has is
-# memory: one lse per query, where banded keeps each block's (Q, Q + W - 1) probabilities for
-# backward, B·H·T·(Q + W - 1) numbers per layer. The kernel takes over past KERNEL_MIN_BAND.
+# Measured 2026-12-01 (benchmarks/attention.py, float32, D 64, forward + backward; table in
+# benchmarks/RESULTS.md): at T 512-8192, W 256, banded took 0.07-0.9x the dense reference's time
+# and 0.4-0.6x the kernel's; at the train step's T 256, W 128 (B 8) 0.85x / 0.76x dense's and
+# 0.58x / 0.53x the kernel's on 1 / 2 threads. What the kernel still has is memory: one lse per query, where
+# banded keeps each block's (Q, Q + W - 1) probabilities for backward, B·H·T·(Q + W - 1) numbers
+# per layer. The kernel takes over past KERNEL_MIN_BAND of them.
 KERNEL_MIN_BAND = 2 ** 28        # banded probabilities kept per layer (1 GiB of float32)
 
 
