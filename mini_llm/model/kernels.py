@@ -2,7 +2,8 @@
 t-W+1 .. t). attention.py holds the readable reference, with dense (B, H, T, T) scores and a
 mask; this file computes the same numbers while touching only the W keys of each query's window:
 O(T·W·D) work and O(T·D) memory instead of O(T²). tests/test_kernels.py pins the two together,
-benchmarks/attention.py times them.
+benchmarks/attention.py times them. Also here: window_softmax, the one-pass softmax over each
+query's visible keys that the banded and dense paths use (window.py holds its reference).
 
 Forward returns, besides `out`, the log-sum-exp of each query's scaled scores, lse (B, T, H).
 Backward is FlashAttention-style: nothing of size T×W is stored; the probabilities are

@@ -32,7 +32,8 @@ def window_softmax(scores, scale, window, q_start=0):
     """scores (..., T_q, T_k) -> probs (same shape): softmax(scale · scores) over the keys that
     window_mask(T_q, T_k, window, q_start) lets each query see, 0 at the others. Every query must
     see at least one key (q_start >= 0, and the last query's window reaches key T_k - 1), so that
-    the max softmax subtracts is finite."""
+    the max softmax subtracts is finite. Backward: dscores = scale · softmax_backward(dprobs,
+    probs) (layers.py); a masked p is 0, so its dscores is 0 too."""
     check_window(window)
     T_q, T_k = scores.shape[-2:]
     if q_start < 0 or (window is not None and q_start + T_q - window > T_k - 1):
