@@ -101,13 +101,16 @@ def test_slices_of_heads_give_the_same_bits_on_any_thread_count(threads_used):
 
 
 def test_in_parallel_runs_every_slice_and_restores_the_pools():
+    window_softmax(np.zeros((1, 1, 1), np.float32), 1.0, None)     # a kernel ran: Numba's layer is chosen
     seen = []
     bounds = [(0, 2), (2, 5), (5, 6)]
     before = numba.get_num_threads()
     results = threads.in_parallel(lambda lo, hi: seen.append((lo, hi)) or (hi - lo, numba.get_num_threads()),
                                   bounds)
     assert sorted(seen) == bounds
-    assert results == [(2, 1), (3, 1), (1, 1)]           # in order, Numba at one thread inside
+    # in order; Numba at one thread inside, unless the layer (workqueue) made them run serially
+    inside = 1 if threads.concurrent_kernels_allowed() else before
+    assert results == [(2, inside), (3, inside), (1, inside)]
     assert numba.get_num_threads() == before
     assert threads.slices(5) == [(i * 5 // numba.get_num_threads(), (i + 1) * 5 // numba.get_num_threads())
                                  for i in range(numba.get_num_threads())]
