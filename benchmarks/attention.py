@@ -37,6 +37,7 @@ import numpy as np
 from mini_llm import memory, threads
 from mini_llm.model.attention import attention_backward, attention_forward
 from mini_llm.model.banded_attention import banded_attention_backward, banded_attention_forward, default_block
+from timing import median_seconds
 
 
 def fwd_bwd(q, k, v, dout, window, use_kernel):
@@ -78,12 +79,7 @@ def band_area(T, W):
 
 
 def median_ms(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
+    return 1e3 * median_seconds(fn, repeats)
 
 
 def main():

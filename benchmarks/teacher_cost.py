@@ -25,7 +25,6 @@ time of one inference forward of --batch x --seq tokens, and the process's peak 
 import argparse
 import os
 import tempfile
-import time
 from pathlib import Path
 
 
@@ -55,6 +54,7 @@ from training.knowledge_transfer import DistillConfig, KnowledgeTransfer  # noqa
 from training.loop import forward_backward, make_optimizer, trainable, zero_grads  # noqa: E402
 from training.teacher_cache import TeacherOutputCache  # noqa: E402
 from training.teachers import TransformerTeacher  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 STUDENT = dict(vocab_size=8192, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=4,
                intermediate_size=1024, max_seq_length=256, sliding_window=128)
@@ -83,7 +83,7 @@ def time_shape(name, batch, seq):
     model = MiniTransformer(TransformerConfig(**SHAPES[name], max_seq_length=seq), seed=0)
     teacher = TransformerTeacher(name, "llama", model)
     ids = np.random.default_rng(0).integers(0, model.config.vocab_size, size=(batch, seq))
-    seconds = median_seconds(lambda: teacher.forward(ids), 2)
+    seconds = warm_median_seconds(lambda: teacher.forward(ids), 2)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024              # KiB -> MiB
     print(json.dumps(dict(name=name, params=model.num_parameters(), seconds=seconds, peak_mib=peak)))
 
@@ -108,14 +108,9 @@ def shape_table(args):
           "random init's float64 draws included")
 
 
-def median_seconds(fn, repeats):
+def warm_median_seconds(fn, repeats):
     fn()                                                # warm-up: Numba compile, first allocations
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return median_seconds(fn, repeats)
 
 
 def student_step(student, optimizer, batch, distiller=None, indices=None):
@@ -158,11 +153,11 @@ def main():
         cached.attach_cache(cached.links[0], cache)
         cached_opt = make_optimizer(student, cached)
         rows = [
-            ("student step (CE)", median_seconds(lambda: student_step(student, plain, batch), repeats)),
-            ("teacher forward (inference)", median_seconds(lambda: teacher.forward(batch[:, :-1]), repeats)),
-            ("distilled step, teacher live", median_seconds(
+            ("student step (CE)", warm_median_seconds(lambda: student_step(student, plain, batch), repeats)),
+            ("teacher forward (inference)", warm_median_seconds(lambda: teacher.forward(batch[:, :-1]), repeats)),
+            ("distilled step, teacher live", warm_median_seconds(
                 lambda: student_step(student, live_opt, batch, live, indices), repeats)),
-            ("distilled step, top-k cache", median_seconds(       # warm-up fills the cache
+            ("distilled step, top-k cache", warm_median_seconds(       # warm-up fills the cache
                 lambda: student_step(student, cached_opt, batch, cached, indices), repeats)),
         ]
         per_token = cache_bytes_per_token(Path(tmp) / "teacher", args.batch * T)

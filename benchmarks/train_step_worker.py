@@ -29,6 +29,7 @@ from mini_llm.threads import describe as threads_describe
 from mini_llm.model import attention, layers
 from mini_llm.model.transformer import MiniTransformer, TransformerConfig
 from mini_llm.optim import AdamW, decays
+from timing import timed
 
 CONFIG = dict(vocab_size=8192, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=4,
               intermediate_size=1024, max_seq_length=256, sliding_window=128)
@@ -146,16 +147,6 @@ def matmul_gflops(n=2048, repeats=5):
     a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
     a @ b
     return 2 * n ** 3 / float(np.median(timed(lambda: a @ b, repeats))) / 1e9
-
-
-def timed(fn, repeats):
-    """Seconds of each of `repeats` calls of fn."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 # ---------------------------------------------------------------------------------------------
