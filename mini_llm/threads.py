@@ -117,13 +117,17 @@ def describe():
 
 
 # ---------------------------------------------------------------------------------------------
-# Independent slices of work on separate threads (banded attention's heads)
+# Independent slices of work on separate threads (the model's batch rows, banded attention's heads)
 #
 # Some work is many small BLAS calls: banded attention multiplies (Q, D) by (D, Q + W - 1)
 # blocks, a few MFLOP each, once per block and head. A multi-threaded BLAS cannot split a call
 # that small well, but the heads are independent: slices of them can run on separate Python
 # threads at once, each with BLAS and Numba at one thread (NumPy's matmul and our nogil kernels
 # release the GIL), so the slices share the cores without oversubscribing them.
+# The same holds one level up: the rows of a batch are independent through every block, so
+# MiniTransformer.row_slices gives each thread its own rows for the whole forward and backward
+# instead of handing every matmul and kernel to the pools, which costs a wake-up and a wait for
+# the slowest thread each time. Inside a slice everything is at one thread, banded attention too.
 
 _pool = {"executor": None, "size": 0, "blas": None}     # created at the first in_parallel
 _POOL_LOCK = threading.Lock()      # one in_parallel at a time: the BLAS limit is process-wide

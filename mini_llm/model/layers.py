@@ -54,11 +54,14 @@ def embedding_backward(dx, cache):
 # Linear (no bias, as in LLaMA/Mistral), and with a bias (Qwen2's q/k/v)
 
 
-def linear_forward(x, weight):
+def linear_forward(x, weight, out=None):
     """x (..., in), weight (out, in) -> y (..., out) = x @ weight.T
     The leading axes are flattened first: one 2-D (N, in) @ (in, out) product is what BLAS does
-    fastest; NumPy would run (B, T, in) @ (in, out) as B smaller products."""
-    y = x.reshape(-1, x.shape[-1]) @ weight.T                  # (N, out), N = all leading positions
+    fastest; NumPy would run (B, T, in) @ (in, out) as B smaller products.
+    out: a contiguous (..., out) array to write y into (the model's row slices each write their
+    rows of the batch's logits), else a new one."""
+    x2 = x.reshape(-1, x.shape[-1])                            # (N, in), N = all leading positions
+    y = array_module(x).matmul(x2, weight.T, out=None if out is None else out.reshape(len(x2), -1))
     return y.reshape(*x.shape[:-1], weight.shape[0]), (x, weight)
 
 

@@ -11,10 +11,15 @@ and what the last forward kept for backward. The math lives in free functions
                                                      (optional: q/k/v bias, q/k norm)
         x = x + swiglu(rmsnorm(x))                   hidden_states[i + 1]
     logits = rmsnorm(x) @ lm_head.T                  (lm_head = embed when tied)
+
+The rows of a batch never meet between the embedding and the logits, so with several threads
+forward cuts them into one slice per thread and runs each slice's blocks and head on its own
+thread (row_slices); backward mirrors that, each slice adding into its own gradients, which
+are summed at the end (slice_grads). One thread, or one row, is the plain loop above.
 """
 import numpy as np
 
-from mini_llm import backend, checkpoint
+from mini_llm import backend, checkpoint, threads
 from mini_llm.backend import array_module
 from mini_llm.model import attention, layers, row_kernels
 # TransformerConfig lives in config.py (checkpoint.py needs it without the model); it is
@@ -42,6 +47,11 @@ def init_params(config, seed, dtype):
     return params
 
 
+def join(arrays):
+    """One array from the slices' rows, in order (no copy when there is one slice)."""
+    return arrays[0] if len(arrays) == 1 else array_module(arrays[0]).concatenate(arrays)
+
+
 class MiniTransformer:
     """params/grads: dicts name -> array (NumPy or CuPy). forward(ids) -> logits (B, T, V);
     backward(dlogits, hidden_grads) accumulates into grads; hidden_states after a forward."""
@@ -54,6 +64,7 @@ class MiniTransformer:
         self.hidden_states = []       # after forward: [embedding output, layer 0 output, ...]
         self.use_kernel = None        # attention path: None = the fastest (attention.attention_path)
         self._cache = None
+        self._slice_grads = []      # the 2nd, 3rd, .. slice of rows' own gradients (slice_grads)
         self._rope_table = None
 
     # ----- helpers -----------------------------------------------------------------------
@@ -110,19 +121,44 @@ class MiniTransformer:
             kv_cache.check_room(ids.shape[1])
             start = kv_cache.next_pos
         cos, sin = self.rope(ids.shape[1], start)
-        caches = []
         x, embed_cache = layers.embedding_forward(ids, p["model.embed_tokens.weight"])   # (B, T, C)
-        self.hidden_states = [x]
-        for i in range(c.num_layers):
-            x, block_cache = self.block_forward(i, x, cos, sin, kv_cache)
-            self.hidden_states.append(x)
-            caches.append(block_cache if keep_cache else None)
+        slices = self.row_slices(x, kv_cache)
+        logits = None if len(slices) == 1 else array_module(x).empty((*ids.shape, c.vocab_size), self.dtype)
+        parts = threads.in_parallel(lambda lo, hi: self.rows_forward(
+            x[lo:hi], cos, sin, kv_cache, keep_cache, None if logits is None else logits[lo:hi]), slices)
         if kv_cache is not None:
             kv_cache.advance(ids.shape[1])
-        x, norm_cache = layers.rmsnorm_forward(x, p["model.norm.weight"], c.norm_eps)
-        logits, head_cache = layers.linear_forward(x, p[self.head_weight_name()])     # (B, T, V)
-        self._cache = (embed_cache, caches, norm_cache, head_cache) if keep_cache else None
+        logits = parts[0][0] if logits is None else logits                                # (B, T, V)
+        self.hidden_states = [x] + [join(outputs) for outputs in zip(*[hidden for _, hidden, _ in parts])]
+        self._cache = (embed_cache, {bounds: cache for bounds, (_, _, cache) in zip(slices, parts)}
+                       ) if keep_cache else None
         return logits
+
+    def row_slices(self, x, kv_cache=None):
+        """[(lo, hi), ..]: the batch's rows cut into one slice per thread of the policy, each
+        run through rows_forward / rows_backward on its own thread (threads.in_parallel, every
+        pool at one thread inside). Splitting the rows once, rather than every matmul and kernel
+        over the pools, keeps each thread on its own work for the whole pass: no wake-up and no
+        wait for the slowest thread after every operation. One slice on CuPy, from a KV cache
+        (generation), and where Numba cannot take kernel launches from several threads."""
+        if (kv_cache is not None or array_module(x) is not np or
+                not threads.concurrent_kernels_allowed()):
+            return [(0, x.shape[0])]
+        return threads.slices(x.shape[0])
+
+    def rows_forward(self, x, cos, sin, kv_cache=None, keep_cache=True, logits=None):
+        """Every decoder block, the final norm and the head on x (b, T, C), rows of the batch.
+        Returns logits (b, T, V) (written into `logits` when given), [each layer's output
+        (b, T, C)], and the cache for backward (each block's None where keep_cache is False)."""
+        p, c = self.params, self.config
+        hidden, block_caches = [], []
+        for i in range(c.num_layers):
+            x, block_cache = self.block_forward(i, x, cos, sin, kv_cache)
+            hidden.append(x)
+            block_caches.append(block_cache if keep_cache else None)
+        x, norm_cache = layers.rmsnorm_forward(x, p["model.norm.weight"], c.norm_eps)
+        logits, head_cache = layers.linear_forward(x, p[self.head_weight_name()], out=logits)  # (b, T, V)
+        return logits, hidden, (block_caches, norm_cache, head_cache)
 
     def block_forward(self, i, x, cos, sin, kv_cache=None):
         """One decoder block: pre-norm attention then pre-norm SwiGLU, each added to x. The same
@@ -148,46 +184,82 @@ class MiniTransformer:
         distillation losses on hidden states reach the model. Reverse order of forward."""
         if self._cache is None:
             raise RuntimeError("backward needs a forward(ids, keep_cache=True) first")
-        embed_cache, caches, norm_cache, head_cache = self._cache
+        embed_cache, caches = self._cache
         hidden_grads = hidden_grads or {}
-        dx, dhead = layers.linear_backward(dlogits, head_cache)
-        self.accumulate(self.head_weight_name(), dhead)
-        dx, dnorm = layers.rmsnorm_backward(dx, norm_cache)
-        self.accumulate("model.norm.weight", dnorm)
-        for i in reversed(range(self.config.num_layers)):
-            if i + 1 in hidden_grads:
-                dx = dx + hidden_grads[i + 1]
-            dx = self.block_backward(i, dx, caches[i])
+        slices = list(caches)                        # [(lo, hi), ..] as forward cut the rows
+        grads = dict(zip(slices, [self.grads] + [self.slice_grads(k) for k in range(1, len(slices))]))
+        dxs = threads.in_parallel(lambda lo, hi: self.rows_backward(
+            dlogits[lo:hi], caches[lo, hi], {k: g[lo:hi] for k, g in hidden_grads.items()},
+            grads[lo, hi]), slices)
+        self.add_slice_grads(list(grads.values())[1:])
+        dx = join(dxs)                                                                  # (B, T, C)
         if 0 in hidden_grads:
             dx = dx + hidden_grads[0]
         self.accumulate("model.embed_tokens.weight", layers.embedding_backward(dx, embed_cache))
 
-    def accumulate(self, name, d):
-        """grads[name] += d (row_kernels.add_into: in place, on every core)."""
-        row_kernels.add_into(self.grads[name], d)
+    def rows_backward(self, dlogits, cache, hidden_grads, grads):
+        """Mirror of rows_forward on rows dlogits (b, T, V): the head, the final norm, then the
+        blocks in reverse, each adding hidden_grads[i + 1] at its output first. Parameter
+        gradients go into `grads`. Returns dx (b, T, C) at the embedding output."""
+        block_caches, norm_cache, head_cache = cache
+        dx, dhead = layers.linear_backward(dlogits, head_cache)
+        self.accumulate(self.head_weight_name(), dhead, grads)
+        dx, dnorm = layers.rmsnorm_backward(dx, norm_cache)
+        self.accumulate("model.norm.weight", dnorm, grads)
+        for i in reversed(range(self.config.num_layers)):
+            if i + 1 in hidden_grads:
+                dx = dx + hidden_grads[i + 1]
+            dx = self.block_backward(i, dx, block_caches[i], grads)
+        return dx
 
-    def block_backward(self, i, dx, cache):
+    def embedding_only(self):
+        """The parameter only the embedding's backward (after the slices) writes to, or None
+        when the head shares it (tied)."""
+        return None if self.config.tie_word_embeddings else "model.embed_tokens.weight"
+
+    def slice_grads(self, k):
+        """The gradients of the k-th slice of rows, k >= 1 (the first slice's go straight into
+        self.grads): kept zeroed between backwards, so the next one can add into them."""
+        while len(self._slice_grads) < k:
+            xp = array_module(self.params["model.norm.weight"])
+            self._slice_grads.append({name: xp.zeros_like(self.params[name]) for name in self.params
+                                      if name != self.embedding_only()})
+        return self._slice_grads[k - 1]
+
+    def add_slice_grads(self, slice_grads):
+        """self.grads += each slice's own gradients, which are then zeroed for next time."""
+        for grads in slice_grads:
+            for name, g in grads.items():
+                row_kernels.add_into(self.grads[name], g)
+                g[...] = 0
+
+    def accumulate(self, name, d, grads=None):
+        """grads[name] += d (row_kernels.add_into: in place, on every core); grads: self.grads
+        unless given (a slice's own, slice_grads)."""
+        row_kernels.add_into((self.grads if grads is None else grads)[name], d)
+
+    def block_backward(self, i, dx, cache, grads=None):
         """Mirror of block_forward. The residual x + f(x) passes dx straight through and adds
         f's input gradient, so each half is `dx += d(sublayer input)` (dx is this backward's
         own array: adding in place is safe)."""
         norm1, attn, norm2, mlp = cache
         pre = f"model.layers.{i}."
         dh, dw_gate, dw_up, dw_down = layers.swiglu_backward(dx, mlp)
-        self.accumulate(pre + "mlp.gate_proj.weight", dw_gate)
-        self.accumulate(pre + "mlp.up_proj.weight", dw_up)
-        self.accumulate(pre + "mlp.down_proj.weight", dw_down)
+        self.accumulate(pre + "mlp.gate_proj.weight", dw_gate, grads)
+        self.accumulate(pre + "mlp.up_proj.weight", dw_up, grads)
+        self.accumulate(pre + "mlp.down_proj.weight", dw_down, grads)
         dx_norm, dw = layers.rmsnorm_backward(dh, norm2)
-        self.accumulate(pre + "post_attention_layernorm.weight", dw)
+        self.accumulate(pre + "post_attention_layernorm.weight", dw, grads)
         dx = row_kernels.add_into(dx, dx_norm)
         dh, dwq, dwk, dwv, dwo, dextra = attention.self_attention_backward(dx, attn)
-        self.accumulate(pre + "self_attn.q_proj.weight", dwq)
-        self.accumulate(pre + "self_attn.k_proj.weight", dwk)
-        self.accumulate(pre + "self_attn.v_proj.weight", dwv)
-        self.accumulate(pre + "self_attn.o_proj.weight", dwo)
+        self.accumulate(pre + "self_attn.q_proj.weight", dwq, grads)
+        self.accumulate(pre + "self_attn.k_proj.weight", dwk, grads)
+        self.accumulate(pre + "self_attn.v_proj.weight", dwv, grads)
+        self.accumulate(pre + "self_attn.o_proj.weight", dwo, grads)
         for name, d in dextra.items():             # Qwen2 biases, Qwen3 q/k norms
-            self.accumulate(pre + "self_attn." + name, d)
+            self.accumulate(pre + "self_attn." + name, d, grads)
         dx_norm, dw = layers.rmsnorm_backward(dh, norm1)
-        self.accumulate(pre + "input_layernorm.weight", dw)
+        self.accumulate(pre + "input_layernorm.weight", dw, grads)
         return row_kernels.add_into(dx, dx_norm)
 
     # ----- checkpoints -------------------------------------------------------------------
