@@ -87,7 +87,7 @@ def _add_weighted_rows(w, rows, lo, n, acc):
 # Forward
 
 
-@njit(parallel=True, fastmath=False, cache=True)
+@njit(parallel=True, fastmath=False, cache=True, nogil=True)
 def _forward(q, k, v, window, scale, out, lse):
     """q (B, H, T, D), k/v (B, Hkv, T, D) -> out (B, H, T, D), lse (B, H, T), written in place
     (out must come in zeroed)."""
@@ -125,7 +125,7 @@ def _forward(q, k, v, window, scale, out, lse):
 # ds = p ⊙ (dp - delta): dq = ds k·scale, dk = dsᵀ q·scale, dv = pᵀ dout.
 
 
-@njit(parallel=True, fastmath=False, cache=True)
+@njit(parallel=True, fastmath=False, cache=True, nogil=True)
 def _backward_dq(q, k, v, dout, lse, delta, window, scale, dq):
     """dq_t = Σ_{j in window(t)} ds_tj k_j, one query row at a time, added into dq (B, H, T, D),
     which comes in zeroed; the caller applies the scale."""
@@ -154,7 +154,7 @@ def _backward_dq(q, k, v, dout, lse, delta, window, scale, dq):
             _add_weighted_rows(s, k[b, kv], lo, n, dq[b, h, t])
 
 
-@njit(parallel=True, fastmath=False, cache=True)
+@njit(parallel=True, fastmath=False, cache=True, nogil=True)
 def _backward_dkdv(q, k, v, dout, lse, delta, window, scale, dk, dv):
     """For each key j: the queries that see it are t = j .. j+W-1 of every head in its kv
     group; dk_j = Σ ds_tj q_t (the caller applies the scale), dv_j = Σ p_tj dout_t. Added

@@ -10,6 +10,9 @@ memory per operator, each allocating a temporary, on one thread. At the sizes of
 step these operations are bound by memory traffic, not arithmetic, so fusing the passes of one
 formula into one loop, over rows in parallel (`prange`), is what makes them fast and lets them
 use every core. Each kernel works on rows of the last axis: (..., C) viewed as (N, C).
+Every kernel releases the GIL (nogil=True): the model runs slices of a batch's rows on
+separate Python threads (MiniTransformer.row_slices), and a kernel that kept the GIL would
+hold the other slices' Python code up for its whole run.
 
 Precision: sums over a row (mean of squares, Σ exp) accumulate in float64; everything else runs
 in the input dtype, as the references do (see FAST for the compiler's freedom). Sums over rows (RMSNorm's dweight) go in fixed blocks
@@ -132,7 +135,7 @@ def _fast_exp_for(x):
 # RMSNorm: y = x · rstd · w, rstd = 1 / sqrt(mean(x²) + eps)
 
 
-@njit(parallel=True, cache=True, fastmath=FAST)
+@njit(parallel=True, cache=True, fastmath=FAST, nogil=True)
 def _rmsnorm_forward(x, weight, eps, y, rstd):
     N, C = x.shape
     for n in prange(N):
@@ -148,7 +151,7 @@ def _rmsnorm_forward(x, weight, eps, y, rstd):
 # forward: y = w ⊙ x_hat, x_hat = x · rstd -> with g = dy ⊙ w, dx = rstd (g - x_hat mean(g x_hat))
 # (rstd depends on every x of the row: that is the mean term), dweight = Σ_rows dy ⊙ x_hat, summed
 # here per block of ROW_BLOCK rows (layers.rmsnorm_backward has the derivation in full)
-@njit(parallel=True, cache=True, fastmath=FAST)
+@njit(parallel=True, cache=True, fastmath=FAST, nogil=True)
 def _rmsnorm_backward(dy, x, weight, rstd, dx, dweight_blocks):
     N, C = x.shape
     for block in prange(dweight_blocks.shape[0]):
@@ -187,7 +190,7 @@ def rmsnorm_backward(dy, cache):
 # The SwiGLU product h = silu(gate) ⊙ up, silu(g) = g σ(g)
 
 
-@njit(parallel=True, cache=True, fastmath=FAST)
+@njit(parallel=True, cache=True, fastmath=FAST, nogil=True)
 def _swiglu_product_forward(gate, up, h):
     N, F = gate.shape
     for n in prange(N):
@@ -198,7 +201,7 @@ def _swiglu_product_forward(gate, up, h):
 
 # forward: h = g σ(g) u -> dh/du = g σ(g); dh/dg = u (σ + g σ (1 - σ)) = u σ (1 + g (1 - σ)),
 # σ recomputed from g (the cache keeps only gate and up)
-@njit(parallel=True, cache=True, fastmath=FAST)
+@njit(parallel=True, cache=True, fastmath=FAST, nogil=True)
 def _swiglu_product_backward(dh, gate, up, dgate, dup):
     N, F = gate.shape
     for n in prange(N):
@@ -238,7 +241,7 @@ def swiglu_product_backward(dh, cache):
 # RoPE, rotate-half: y = x cos + R(x) sin with R(x1, x2) = (-x2, x1) on the halves of D
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _rope(x, cos, sin, sign, y):
     """x (B, T, H, D) turned by its position's angle, sign +1 (forward: y = x cos + R(x) sin),
     or turned back, sign -1 (backward: dx = dy cos - R(dy sin)); cos/sin (T, D)."""
@@ -291,7 +294,7 @@ def _exp_shifted_row(z, e):
     return m, s
 
 
-@njit(parallel=True, cache=True, fastmath=FAST)
+@njit(parallel=True, cache=True, fastmath=FAST, nogil=True)
 def _softmax(z, out, log):
     """Per row, m = max z and s = Σ exp(z - m): out = exp(z - m) / s, or with log=True
     out = z - m - log s."""
@@ -352,7 +355,7 @@ def softmax_backward(dprobs, probs):
 # turns that buffer into dlogits in place, one multiply per entry and no second exp
 
 
-@njit(parallel=True, cache=True, fastmath=FAST)
+@njit(parallel=True, cache=True, fastmath=FAST, nogil=True)
 def _cross_entropy_forward(logits, targets, exp_shifted, row_sum, row_loss):
     """Per row: m = max z, e = exp(z - m) (no overflow), s = Σ e, and -log p(target) =
     log s - (z[target] - m) (0 where target < 0: ignored)."""
@@ -366,7 +369,7 @@ def _cross_entropy_forward(logits, targets, exp_shifted, row_sum, row_loss):
 
 # forward: loss = Σ_n w_n (log s_n - (z_nt - m_n)) -> dz_nj = w_n (e_nj / s_n - [j = t_n]):
 # softmax minus the one-hot, weighted (w_n = dloss / count, 0 where ignored)
-@njit(parallel=True, cache=True, fastmath=FAST)
+@njit(parallel=True, cache=True, fastmath=FAST, nogil=True)
 def _cross_entropy_backward(exp_shifted, row_sum, targets, row_weight):
     """exp_shifted becomes dlogits: softmax = e / s, so row n is e · (w_n / s_n), and the
     target's entry loses w_n (the one-hot)."""
@@ -422,7 +425,7 @@ def cross_entropy_backward(dloss, cache):
 # out += x: the gradient accumulation and residual adds of backward, over every core
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _add_into(out, x):
     for i in prange(out.size):
         out[i] += x[i]
@@ -443,7 +446,7 @@ def add_into(out, x):
 # AdamW, one parameter in one pass (the formula and its order of operations: optim.adamw_update)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _adamw(p, g, m, v, beta1, beta2, decay, sqrt_bias2, eps, step_size):
     one = p.dtype.type(1)
     for i in prange(p.size):
