@@ -12,7 +12,8 @@ decay 0.1 on 2-D weights but the embedding), float32, config: vocab 8192, hidden
 PyTorch runs a small Mistral module written with torch ops (F.scaled_dot_product_attention with
 a band mask, torch.optim.AdamW), loaded with our weights (benchmarks/train_step_worker.py).
 
-Processes: for each thread count N, --rounds rounds of: our worker, then PyTorch's worker, each
+Processes: --rounds rounds, each of: for every thread count N, our worker, then PyTorch's worker
+(so a slow spell of the shared machine hits every thread count, not just one), each
 a fresh `python benchmarks/train_step.py --worker ours|torch --threads N` whose environment has
 OPENBLAS_NUM_THREADS = OMP_NUM_THREADS = MKL_NUM_THREADS = NUMBA_NUM_THREADS = N before it
 imports NumPy; ours also with the library's spin settings (mini_llm/threads.py) and its
@@ -221,22 +222,21 @@ def main(args):
           f"counts {','.join(map(str, args.threads))}; {args.rounds} round(s) x (3 check + {args.warmup} "
           f"warm-up + {args.steps} timed steps) per framework and thread count; load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    results = {}
-    for threads in args.threads:
-        runs = {"ours": [], "torch": []}
-        for round_ in range(args.rounds):
+    results = {threads: {"ours": [], "torch": []} for threads in args.threads}
+    for round_ in range(args.rounds):     # each round visits every thread count: a slow spell hits all
+        for threads, runs in results.items():
             runs["ours"].append(start_worker("ours", threads, args, extras=round_ == 0))
             if has_torch:
                 runs["torch"].append(start_worker("torch", threads, args, extras=False))
             if round_ == 0:
-                if not results:
+                if threads == args.threads[0]:
                     print(f"model: {runs['ours'][0]['shape']}")
-                print(thread_line(runs, threads, args.rounds))
                 check_losses(runs, threads)
+    for threads, runs in results.items():
+        print(thread_line(runs, threads, args.rounds))
         if args.rounds > 1:
             check_losses(runs, threads)
         print_block(runs, threads, args)
-        results[threads] = runs
     print("\n--- scaling and memory, every thread count")
     print_scaling(results)
 

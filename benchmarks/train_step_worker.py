@@ -19,6 +19,7 @@ import json
 import os
 import resource
 import tempfile
+import threading
 import time
 
 import numba
@@ -160,30 +161,43 @@ BANDED_ROW = "attention (banded)"
 
 class Profile:
     """Wraps module-level functions with timers. Each call's time minus its wrapped callees' goes
-    to a (row, "fwd" | "bwd") cell; a linear layer's row is named after its caller."""
+    to a (row, "fwd" | "bwd") cell of the thread that ran it; a linear layer's row is named after
+    its caller. The model runs its blocks on several threads at once (one slice of the batch's
+    rows each, MiniTransformer.row_slices), so step_cells gives each cell's mean over the threads
+    that ran it: the wall time it took, as the threads run side by side."""
 
     LINEAR_ROW = {ATTENTION_GLUE: "q/k/v/o projections", SWIGLU: "swiglu matmuls (gate, up, down)"}
 
     def __init__(self):
-        self.cells, self.stack, self.undo = {}, [], []
+        self.thread_cells, self.local, self.undo = {}, threading.local(), []
+        self.lock = threading.Lock()
+
+    def step_cells(self):
+        """{(row, phase): seconds} since the last call: the mean over the threads that ran it."""
+        with self.lock:
+            per_thread, self.thread_cells = list(self.thread_cells.values()), {}
+        keys = dict.fromkeys(key for cells in per_thread for key in cells)      # in first-seen order
+        return {key: float(np.mean([cells[key] for cells in per_thread if key in cells])) for key in keys}
 
     def wrap(self, owner, name, row, phase):
         original = getattr(owner, name)
 
         def timed(*args, **kwargs):
-            parent = self.stack[-1][0] if self.stack else None
+            stack = self.local.__dict__.setdefault("stack", [])      # this thread's open calls
+            parent = stack[-1][0] if stack else None
             label = self.LINEAR_ROW.get(parent, "lm head matmul") if row == "linear" else row
-            self.stack.append([label, 0.0])
+            stack.append([label, 0.0])
             start = time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
                 elapsed = time.perf_counter() - start
-                _, inner = self.stack.pop()
-                key = (label, phase)
-                self.cells[key] = self.cells.get(key, 0.0) + elapsed - inner
-                if self.stack:
-                    self.stack[-1][1] += elapsed
+                _, inner = stack.pop()
+                with self.lock:
+                    cells = self.thread_cells.setdefault(threading.get_ident(), {})
+                    cells[label, phase] = cells.get((label, phase), 0.0) + elapsed - inner
+                if stack:
+                    stack[-1][1] += elapsed
         setattr(owner, name, timed)
         self.undo.append((owner, name, original))
 
@@ -214,9 +228,9 @@ def profile_ours(step, steps):
     per_step, step_times = [], []
     try:
         for _ in range(steps):
-            prof.cells = {}
+            prof.step_cells()
             step_times += timed(step, 1)
-            per_step.append(prof.cells)
+            per_step.append(prof.step_cells())
     finally:
         prof.restore()
     cells = [(row, phase, 1e3 * float(np.median([c.get((row, phase), 0.0) for c in per_step])))
