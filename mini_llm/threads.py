@@ -133,11 +133,16 @@ _pool = {"executor": None, "size": 0, "blas": None}     # created at the first i
 _POOL_LOCK = threading.Lock()      # one in_parallel at a time: the BLAS limit is process-wide
 
 
+def count():
+    """The policy's thread count here: Numba's, which set_threads sized (1 inside a slice)."""
+    import numba
+    return numba.get_num_threads()
+
+
 def slices(n_items):
     """[(lo, hi), ..]: range(n_items) cut into one contiguous slice per thread of the policy
-    (numba's thread count, which set_threads sized), fewer when there are fewer items."""
-    import numba
-    n = max(1, min(numba.get_num_threads(), n_items))
+    (count()), fewer when there are fewer items."""
+    n = max(1, min(count(), n_items))
     return [(i * n_items // n, (i + 1) * n_items // n) for i in range(n)]
 
 

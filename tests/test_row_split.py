@@ -70,13 +70,17 @@ def test_backward_adds_into_the_grads_and_the_slices_start_from_zero_again(monke
     assert "model.embed_tokens.weight" not in model._slice_grads[0]   # untied: only after the slices
 
 
-def test_one_slice_from_a_kv_cache_for_one_row_and_without_concurrent_kernels(monkeypatch):
-    run_kernel_first()
+def test_equal_slices_only_else_one_and_one_from_a_kv_cache_or_without_concurrent_kernels(monkeypatch):
     model = MiniTransformer(tiny_config(), seed=0)
-    x = np.zeros((4, 3, 8), np.float32)
-    expect = threads.slices(4) if threads.concurrent_kernels_allowed() else [(0, 4)]
-    assert model.row_slices(x) == expect
-    assert model.row_slices(x[:1]) == [(0, 1)]
-    assert model.row_slices(x, KVCache(model, 4)) == [(0, 4)]
+    rows = lambda B: np.zeros((B, 3, 8), np.float32)                 # noqa: E731
+    monkeypatch.setattr(threads, "concurrent_kernels_allowed", lambda: True)
+    monkeypatch.setattr(threads, "count", lambda: 3)                  # as if set_threads(3)
+    assert model.row_slices(rows(6)) == [(0, 2), (2, 4), (4, 6)]
+    for B in (1, 2, 4, 5):                                            # fewer rows than threads, or unequal
+        assert model.row_slices(rows(B)) == [(0, B)], B
+    assert model.row_slices(rows(6), KVCache(model, 6)) == [(0, 6)]
+    monkeypatch.setattr(threads, "count", lambda: 1)
+    assert model.row_slices(rows(6)) == [(0, 6)]
+    monkeypatch.setattr(threads, "count", lambda: 3)
     monkeypatch.setattr(threads, "concurrent_kernels_allowed", lambda: False)   # e.g. Numba's workqueue
-    assert model.row_slices(x) == [(0, 4)]
+    assert model.row_slices(rows(6)) == [(0, 6)]

@@ -139,12 +139,16 @@ class MiniTransformer:
         run through rows_forward / rows_backward on its own thread (threads.in_parallel, every
         pool at one thread inside). Splitting the rows once, rather than every matmul and kernel
         over the pools, keeps each thread on its own work for the whole pass: no wake-up and no
-        wait for the slowest thread after every operation. One slice on CuPy, from a KV cache
+        wait for the slowest thread after every operation. Only when every thread gets the
+        same number of rows (B a multiple of the thread count: 8 rows on 16 threads would leave
+        half the cores idle, 12 on 8 would wait for the 2-row slices); else one slice, whose
+        matmuls and kernels use every thread. One slice too on CuPy, from a KV cache
         (generation), and where Numba cannot take kernel launches from several threads."""
-        if (kv_cache is not None or array_module(x) is not np or
+        B = x.shape[0]
+        if (B % threads.count() or kv_cache is not None or array_module(x) is not np or
                 not threads.concurrent_kernels_allowed()):
-            return [(0, x.shape[0])]
-        return threads.slices(x.shape[0])
+            return [(0, B)]
+        return threads.slices(B)
 
     def rows_forward(self, x, cos, sin, kv_cache=None, keep_cache=True, logits=None):
         """Every decoder block, the final norm and the head on x (b, T, C), rows of the batch.
