@@ -159,7 +159,7 @@ def test_every_flag_has_help_and_its_default():
     for name in options.SIZES:
         assert "with --use_mock" in next(a.help for a in parser._actions if a.dest == name)
     text = parser.format_help()
-    assert "query heads H" in text and "~12-15 s on 2 CPU cores" in text
+    assert "query heads H" in text and "~7-8 s on 2 CPU cores" in text
 
 
 def test_mock_run_logs_the_loss_it_minimises(mock_run):

@@ -30,9 +30,9 @@ SIZE_MEANINGS = dict(
     batch_size="sequences per micro-batch",
     num_epochs="passes over the training split (unless --max_steps)")
 STEP_COST = """\
-What a step costs: at the documented size ~12-15 s on 2 CPU cores (measured with one thread,
-before the fused row kernels), so --num_epochs 3 on 1 MB of text takes ~30-37 min; at the
---use_mock size ~0.1-0.5 s. --threads sets every thread pool (default: all cores).
+What a step costs: at the documented size ~7-8 s on 2 CPU cores (12-13 s on one thread), so
+--num_epochs 3 on 1 MB of text takes ~18-20 min; at the --use_mock size ~0.1-0.5 s.
+--threads sets every thread pool (default: all cores).
 A run prints its own measured time per step, and its estimate, after the first steps."""
 
 
