@@ -15,7 +15,8 @@ and what the last forward kept for backward. The math lives in free functions
 The rows of a batch never meet between the embedding and the logits, so with several threads
 forward cuts them into one slice per thread and runs each slice's blocks and head on its own
 thread (row_slices); backward mirrors that, each slice adding into its own gradients, which
-are summed at the end (slice_grads). One thread, or one row, is the plain loop above.
+are summed at the end (slice_grads). On one thread (or rows that do not split evenly over
+the threads) it is the plain loop above.
 """
 import numpy as np
 
@@ -143,7 +144,9 @@ class MiniTransformer:
         same number of rows (B a multiple of the thread count: 8 rows on 16 threads would leave
         half the cores idle, 12 on 8 would wait for the 2-row slices); else one slice, whose
         matmuls and kernels use every thread. One slice too on CuPy, from a KV cache
-        (generation), and where Numba cannot take kernel launches from several threads."""
+        (generation), and where Numba cannot take kernel launches from several threads.
+        The memory it costs: each slice after the first keeps its own gradients (every
+        parameter but an untied embedding), so (threads - 1) more copies of them."""
         B = x.shape[0]
         if (B % threads.count() or kv_cache is not None or array_module(x) is not np or
                 not threads.concurrent_kernels_allowed()):
