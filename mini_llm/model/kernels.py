@@ -242,10 +242,16 @@ def _heads_major(x):
     return np.ascontiguousarray(x.transpose(0, 2, 1, 3))
 
 
+_warmed_parts = set()      # (dtype, part) pairs _warm_up has compiled (or loaded) already
+
+
 def _warm_up(dtype, part):
     """Compile one part's kernels ("forward", "backward", "window softmax") for `dtype` on one
     token, one head, D=1, before their first real call: on a first run that takes seconds, and a
-    notice says so."""
+    notice says so. Later calls cost one set lookup (window_softmax runs once per query block)."""
+    if (dtype, part) in _warmed_parts:
+        return
+    _warmed_parts.add((dtype, part))
     x, row = np.zeros((1, 1, 1, 1), dtype), np.zeros((1, 1, 1), dtype)
     scale = dtype.type(1.0)
     if part == "backward":
